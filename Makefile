@@ -1,0 +1,40 @@
+# Two commands a newcomer needs: `make serve` and `make test`. Each creates or reuses .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --constraint constraints.txt
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test lint fit clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps record what was installed; they are rebuilt when the dependency list changes.
+$(VENV)/.serve-installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP) --editable '.[serve]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP) --editable '.[dev]'
+	touch $@
+
+serve: $(VENV)/.serve-installed
+	$(PY) -m service serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.dev-installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.dev-installed
+	$(PY) -m ruff check service training tests
+	$(PY) -m ruff format --check service training tests
+	$(PY) -m mypy
+
+# Retrain the bundled AirPassengers model (README: "Retrain the bundle").
+fit: $(VENV)/.dev-installed
+	$(PY) -m training fit --data data/air_passengers.csv --horizon 12 --freq MS \
+		--name air_passengers --out models/air_passengers
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

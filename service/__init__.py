@@ -1,0 +1,1 @@
+"""The forecasting api: FastAPI + onnxruntime. It never imports torch."""

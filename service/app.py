@@ -1,0 +1,48 @@
+"""The application factory. ``create_app(settings)`` is the one way to build the api."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.bundle import BundleError
+from service.config import Settings
+from service.errors import register_error_handlers
+from service.inference import load_forecaster
+from service.routes import forecast, health
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A bundle that can't be served leaves the process up (live) but not ready, with the
+        # reason in /health/ready, so an orchestrator reports it instead of crash-looping.
+        try:
+            app.state.forecaster = load_forecaster(
+                str(settings.bundle_dir), settings.provider, settings.intra_op_threads
+            )
+            app.state.model_error = None
+        except BundleError as exc:
+            logger.error("model not loaded: %s", exc)
+            app.state.forecaster, app.state.model_error = None, str(exc)
+        yield
+
+    app = FastAPI(
+        title="LSTM forecasting service",
+        version="0.1.0",
+        description="Forecasts from global LSTM models served with onnxruntime.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.forecaster, app.state.model_error = None, "starting up"
+    register_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(forecast.router)
+    return app

@@ -1,0 +1,43 @@
+"""One settings object for the api, read from environment variables.
+
+Tests build their own ``Settings(...)`` and pass it to ``create_app``; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Provider = Literal["auto", "cpu", "cuda"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FORECAST_", extra="ignore")
+
+    bundle_dir: Path = Field(
+        default=Path("models/air_passengers"),
+        description="Model bundle folder (model.onnx + manifest.json) served by the api.",
+    )
+    provider: Provider = Field(
+        default="auto",
+        description="onnxruntime execution provider: auto picks CUDA when available, else CPU.",
+    )
+    intra_op_threads: int = Field(
+        default=1,
+        ge=0,
+        description="onnxruntime threads per inference (0 = one per core). Keep "
+        "workers x threads <= cores when several uvicorn workers run.",
+    )
+    inline_batch_max: int = Field(
+        default=16,
+        ge=0,
+        description="Batches up to this many series run on the event loop (sub-millisecond); "
+        "larger ones run in a worker thread so they never block it.",
+    )
+    max_series_per_request: int = Field(default=1000, ge=1)
+    max_history_length: int = Field(default=100_000, ge=1)
+    log_level: str = Field(default="INFO")

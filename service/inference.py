@@ -1,0 +1,114 @@
+"""onnxruntime sessions for model bundles. No FastAPI here: the routes call ``predict``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import onnxruntime as ort
+
+from service.bundle import Bundle, BundleError, BundleManifest, read_bundle
+from service.config import Provider
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def choose_providers(requested: Provider) -> list[str]:
+    """Execution providers in priority order for the requested setting."""
+    available = ort.get_available_providers()
+    if requested == "cpu":
+        return [CPU]
+    if requested == "cuda":
+        if CUDA not in available:
+            raise BundleError(
+                f"provider 'cuda' was requested but onnxruntime offers only {available}; "
+                "install onnxruntime-gpu with CUDA, or set FORECAST_PROVIDER=auto"
+            )
+        return [CUDA, CPU]
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+@dataclass(frozen=True)
+class Forecaster:
+    """One loaded bundle: its manifest and an onnxruntime session.
+
+    ``predict`` is thread-safe (onnxruntime sessions allow concurrent ``run`` calls), so the
+    api may call it from the event loop and from worker threads at once.
+    """
+
+    bundle: Bundle
+    session: ort.InferenceSession
+    loaded_at: datetime
+
+    @property
+    def manifest(self) -> BundleManifest:
+        return self.bundle.manifest
+
+    @property
+    def provider(self) -> str:
+        return str(self.session.get_providers()[0])
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """Raw input windows (B, L) float32 -> quantile forecasts (B, H, Q) float32."""
+        (input_spec,) = self.manifest.inputs
+        (output,) = self.session.run([self.manifest.outputs[0].name], {input_spec.name: windows})
+        return np.asarray(output)
+
+
+def load_forecaster(bundle_dir: str, provider: Provider, intra_op_threads: int) -> Forecaster:
+    """Read, verify and warm up a bundle. Raises BundleError when it can't be served."""
+    bundle = read_bundle(bundle_dir)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        session = ort.InferenceSession(
+            str(bundle.model_path), sess_options=options, providers=choose_providers(provider)
+        )
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        raise BundleError(f"onnxruntime could not load {bundle.model_path}: {exc}") from exc
+    forecaster = Forecaster(bundle=bundle, session=session, loaded_at=datetime.now(UTC))
+    _check_graph_matches_manifest(forecaster)
+    _warm_up(forecaster)
+    return forecaster
+
+
+def _check_graph_matches_manifest(forecaster: Forecaster) -> None:
+    m, session = forecaster.manifest, forecaster.session
+    declared = [(t.name, t.shape) for t in m.inputs], [(t.name, t.shape) for t in m.outputs]
+    actual = (
+        [(t.name, list(t.shape)) for t in session.get_inputs()],
+        [(t.name, list(t.shape)) for t in session.get_outputs()],
+    )
+    if declared != actual:
+        raise BundleError(f"graph signature {actual} does not match the manifest's {declared}")
+    if m.inputs[0].shape[1:] != [m.input_size]:
+        raise BundleError(f"graph input {m.inputs[0].shape} does not read input_size={m.input_size}")
+    if m.outputs[0].shape[1:] != [m.horizon, len(m.quantiles)]:
+        raise BundleError(
+            f"graph output {m.outputs[0].shape} is not (batch, horizon={m.horizon}, "
+            f"quantiles={len(m.quantiles)})"
+        )
+
+
+def _warm_up(forecaster: Forecaster) -> None:
+    """One inference on a plausible batch, so a broken graph is refused before it serves."""
+    m = forecaster.manifest
+    ramp = np.linspace(1.0, 2.0, m.input_size, dtype=np.float32)
+    windows = np.stack([ramp, ramp * 100.0])  # (2, L): batch > 1 proves the batch axis is free
+    try:
+        out = forecaster.predict(windows)
+    except Exception as exc:
+        raise BundleError(f"warm-up inference failed: {exc}") from exc
+    if out.shape != (2, m.horizon, len(m.quantiles)) or not np.isfinite(out).all():
+        raise BundleError(f"warm-up inference returned shape {out.shape} or non-finite values")
+    logger.info(
+        "loaded model %s version %s on %s (input_size=%d, horizon=%d)",
+        m.name, m.version, forecaster.provider, m.input_size, m.horizon,
+    )

@@ -1,0 +1,93 @@
+"""Request and response bodies (pydantic v2). Routes return these, never internal objects."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# JSON has no NaN or Infinity, but Python's parser accepts them: refuse them by field.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+AIR_PASSENGERS_1949_1960 = [
+    112, 118, 132, 129, 121, 135, 148, 148, 136, 119, 104, 118,
+    115, 126, 141, 135, 125, 149, 170, 170, 158, 133, 114, 140,
+    145, 150, 178, 163, 172, 178, 199, 199, 184, 162, 146, 166,
+    171, 180, 193, 181, 183, 218, 230, 242, 209, 191, 172, 194,
+    196, 196, 236, 235, 229, 243, 264, 272, 237, 211, 180, 201,
+    204, 188, 235, 227, 234, 264, 302, 293, 259, 229, 203, 229,
+    242, 233, 267, 269, 270, 315, 364, 347, 312, 274, 237, 278,
+    284, 277, 317, 313, 318, 374, 413, 405, 355, 306, 271, 306,
+    315, 301, 356, 348, 355, 422, 465, 467, 404, 347, 305, 336,
+    340, 318, 362, 348, 363, 435, 491, 505, 404, 359, 310, 337,
+    360, 342, 406, 396, 420, 472, 548, 559, 463, 407, 362, 405,
+    417, 391, 419, 461, 472, 535, 622, 606, 508, 461, 390, 432,
+]  # fmt: skip
+
+
+class SeriesInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200, description="Caller's name for the series.")
+    history: list[FiniteFloat] = Field(
+        min_length=1,
+        description="Observed values, oldest first, one per period. The model reads the last "
+        "input_size of them.",
+    )
+    start: datetime = Field(description="Timestamp of history[0]; must lie on the frequency.")
+    freq: str | None = Field(
+        default=None,
+        description="pandas offset alias (MS, QS, D, h, 15min...). Default: the model's.",
+    )
+
+
+class ForecastRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "series": [
+                        {
+                            "id": "air",
+                            "history": AIR_PASSENGERS_1949_1960,
+                            "start": "1949-01-01",
+                            "freq": "MS",
+                        }
+                    ],
+                    "horizon": 12,
+                }
+            ]
+        },
+    )
+
+    series: list[SeriesInput] = Field(min_length=1)
+    horizon: int = Field(ge=1, description="Steps to forecast; at most the model's horizon.")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class SeriesForecast(BaseModel):
+    id: str
+    model: ModelRef
+    timestamps: list[str]
+    values: list[float]
+
+
+class ForecastResponse(BaseModel):
+    forecasts: list[SeriesForecast]
+
+
+class Liveness(BaseModel):
+    status: str = "alive"
+
+
+class Readiness(BaseModel):
+    status: str
+    model: ModelRef | None = None
+    provider: str | None = None
+    reason: str | None = None

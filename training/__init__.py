@@ -1,0 +1,1 @@
+"""Offline training: PyTorch LSTM forecasters, MLflow tracking, ONNX bundles for the api."""

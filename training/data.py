@@ -1,0 +1,137 @@
+"""Series in the long format (``unique_id, ds, y``) and the windows cut from them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from service.bundle import TrainingDataSummary
+from service.timeindex import parse_frequency
+
+LONG_COLUMNS = ("unique_id", "ds", "y")
+
+
+class DataError(ValueError):
+    """The input data can't be used as given; the message says which rows and why."""
+
+
+def load_long_csv(path: str | Path, freq: str | None = None) -> pd.DataFrame:
+    """Read a long-format CSV, check it, and return it sorted by (unique_id, ds).
+
+    Each series must be regular at ``freq`` (when given) with no gaps: the windows assume one
+    row per period.
+    """
+    df = pd.read_csv(path)
+    missing = [c for c in LONG_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; expected {list(LONG_COLUMNS)}")
+    df = df[list(LONG_COLUMNS)].copy()
+    df["unique_id"] = df["unique_id"].astype(str)
+    df["ds"] = pd.to_datetime(df["ds"], errors="coerce")
+    df["y"] = pd.to_numeric(df["y"], errors="coerce").astype("float64")
+    bad = df.index[df["ds"].isna() | ~np.isfinite(df["y"])]
+    if len(bad):
+        raise DataError(f"{path}: rows {[int(i) + 2 for i in bad[:5]]} have no valid ds or finite y")
+    dupes = df.duplicated(["unique_id", "ds"])
+    if dupes.any():
+        raise DataError(f"{path}: duplicate (unique_id, ds) at rows {[int(i) + 2 for i in df.index[dupes][:5]]}")
+    df = df.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
+    if freq is not None:
+        _check_regular(df, freq)
+    return df
+
+
+def _check_regular(df: pd.DataFrame, freq: str) -> None:
+    offset = parse_frequency(freq)
+    for uid, group in df.groupby("unique_id", sort=False):
+        expected = pd.date_range(group["ds"].iloc[0], periods=len(group), freq=offset)
+        if not expected.equals(pd.DatetimeIndex(group["ds"])):
+            first = int(np.flatnonzero(expected != pd.DatetimeIndex(group["ds"]))[0])
+            raise DataError(
+                f"series {uid!r} is not regular at {freq}: expected {expected[first].date()} "
+                f"at position {first}, found {group['ds'].iloc[first].date()}"
+            )
+
+
+def series_values(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """unique_id -> values (oldest first) as float32."""
+    return {str(uid): g["y"].to_numpy(np.float32) for uid, g in df.groupby("unique_id", sort=False)}
+
+
+def summarize(df: pd.DataFrame, source: str | Path) -> TrainingDataSummary:
+    content = df.to_csv(index=False).encode()
+    return TrainingDataSummary(
+        source=str(source),
+        sha256=hashlib.sha256(content).hexdigest(),
+        n_series=int(df["unique_id"].nunique()),
+        n_observations=len(df),
+        first_ts=df["ds"].min().isoformat(),
+        last_ts=df["ds"].max().isoformat(),
+    )
+
+
+def sliding_windows(values: np.ndarray, input_size: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (input, target) pair in one series: inputs (N, L), targets (N, H).
+
+    N = len(values) - L - H + 1; window i reads values[i : i+L] and targets the next H.
+    """
+    n = len(values) - input_size - horizon + 1
+    if n <= 0:
+        empty = np.empty((0, input_size), np.float32), np.empty((0, horizon), np.float32)
+        return empty
+    span = np.lib.stride_tricks.sliding_window_view(values, input_size + horizon)[:n]  # (N, L+H)
+    return span[:, :input_size].astype(np.float32), span[:, input_size:].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Windows for training, early stopping and the final holdout, across all series.
+
+    Per series the last ``horizon`` values are the holdout (test), the ``horizon`` before them
+    are the validation targets, and training windows target only what comes earlier.
+    """
+
+    train_x: np.ndarray  # (N, L)
+    train_y: np.ndarray  # (N, H)
+    val_x: np.ndarray  # (S, L): one window per series
+    val_y: np.ndarray  # (S, H)
+    test_x: np.ndarray  # (S, L)
+    test_y: np.ndarray  # (S, H)
+    ids: list[str]
+    insample: list[np.ndarray]  # per series: everything before the holdout (for MASE, naive)
+
+
+def holdout_split(series: dict[str, np.ndarray], input_size: int, horizon: int) -> Split:
+    need = input_size + 3 * horizon  # at least one training window, plus validation and test
+    short = [uid for uid, v in series.items() if len(v) < need]
+    if short:
+        raise DataError(
+            f"{len(short)} series have fewer than input_size + 3*horizon = {need} values "
+            f"(e.g. {short[:3]}); use a smaller --input-size or drop them"
+        )
+    train_x, train_y, val_x, val_y, test_x, test_y, insample = [], [], [], [], [], [], []
+    for values in series.values():
+        before_test = values[:-horizon]
+        before_val = before_test[:-horizon]
+        x, y = sliding_windows(before_val, input_size, horizon)
+        train_x.append(x)
+        train_y.append(y)
+        val_x.append(before_val[-input_size:])
+        val_y.append(before_test[-horizon:])
+        test_x.append(before_test[-input_size:])
+        test_y.append(values[-horizon:])
+        insample.append(before_test)
+    return Split(
+        train_x=np.concatenate(train_x),
+        train_y=np.concatenate(train_y),
+        val_x=np.stack(val_x),
+        val_y=np.stack(val_y),
+        test_x=np.stack(test_x),
+        test_y=np.stack(test_y),
+        ids=list(series),
+        insample=insample,
+    )
