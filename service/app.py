@@ -17,8 +17,15 @@ from service.routes import forecast, health
 logger = logging.getLogger(__name__)
 
 
+def configure_logging(level: str) -> None:
+    """Plain-text logs for the api's own loggers; a no-op when the host already set up logging
+    (pytest, or an embedding application). Runs in every uvicorn worker process."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Literal[1] = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 
@@ -136,7 +136,9 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
     return Bundle(path=folder, manifest=manifest)
 
 
-def write_bundle(path: str | os.PathLike[str], model_bytes: bytes, manifest: BundleManifest) -> Bundle:
+def write_bundle(
+    path: str | os.PathLike[str], model_bytes: bytes, manifest: BundleManifest
+) -> Bundle:
     """Write a bundle so that readers never see half of one.
 
     Both files go to a temporary sibling folder that then replaces ``path``; the old bundle,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 Loc = Sequence[str | int]
@@ -62,5 +63,16 @@ async def _handle_service_error(request: Request, exc: Exception) -> JSONRespons
     return JSONResponse(status_code=exc.status_code, content={"detail": [exc.to_detail()]})
 
 
+async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """pydantic's errors without the echoed input: it may be NaN (not valid JSON) or a
+    100,000-value history."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
 def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _handle_service_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)

@@ -89,7 +89,9 @@ def _check_graph_matches_manifest(forecaster: Forecaster) -> None:
     if declared != actual:
         raise BundleError(f"graph signature {actual} does not match the manifest's {declared}")
     if m.inputs[0].shape[1:] != [m.input_size]:
-        raise BundleError(f"graph input {m.inputs[0].shape} does not read input_size={m.input_size}")
+        raise BundleError(
+            f"graph input {m.inputs[0].shape} does not read input_size={m.input_size}"
+        )
     if m.outputs[0].shape[1:] != [m.horizon, len(m.quantiles)]:
         raise BundleError(
             f"graph output {m.outputs[0].shape} is not (batch, horizon={m.horizon}, "
@@ -110,5 +112,9 @@ def _warm_up(forecaster: Forecaster) -> None:
         raise BundleError(f"warm-up inference returned shape {out.shape} or non-finite values")
     logger.info(
         "loaded model %s version %s on %s (input_size=%d, horizon=%d)",
-        m.name, m.version, forecaster.provider, m.input_size, m.horizon,
+        m.name,
+        m.version,
+        forecaster.provider,
+        m.input_size,
+        m.horizon,
     )

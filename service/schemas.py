@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,25 +42,16 @@ class SeriesInput(BaseModel):
     )
 
 
+FORECAST_EXAMPLE: dict[str, Any] = {
+    "series": [
+        {"id": "air", "history": AIR_PASSENGERS_1949_1960, "start": "1949-01-01", "freq": "MS"}
+    ],
+    "horizon": 12,
+}
+
+
 class ForecastRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "series": [
-                        {
-                            "id": "air",
-                            "history": AIR_PASSENGERS_1949_1960,
-                            "start": "1949-01-01",
-                            "freq": "MS",
-                        }
-                    ],
-                    "horizon": 12,
-                }
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [FORECAST_EXAMPLE]})
 
     series: list[SeriesInput] = Field(min_length=1)
     horizon: int = Field(ge=1, description="Steps to forecast; at most the model's horizon.")

@@ -19,7 +19,9 @@ def parse_frequency(freq: str) -> BaseOffset:
     try:
         return to_offset(freq)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"unknown frequency {freq!r}; use a pandas offset alias such as MS, QS, D, h, 15min") from exc
+        raise ValueError(
+            f"unknown frequency {freq!r}; use a pandas offset alias such as MS, QS, D, h, 15min"
+        ) from exc
 
 
 def same_frequency(a: str, b: str) -> bool:
@@ -39,7 +41,9 @@ def is_on_frequency(ts: datetime, offset: BaseOffset) -> bool:
     return bool(offset.is_on_offset(pd.Timestamp(ts)))
 
 
-def future_index(start: datetime, n_history: int, horizon: int, offset: BaseOffset) -> pd.DatetimeIndex:
+def future_index(
+    start: datetime, n_history: int, horizon: int, offset: BaseOffset
+) -> pd.DatetimeIndex:
     """Timestamps of the ``horizon`` steps after a history of ``n_history`` steps from ``start``."""
     first = pd.Timestamp(start) + offset * n_history
     return pd.date_range(start=first, periods=horizon, freq=offset)

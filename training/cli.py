@@ -55,7 +55,9 @@ def _infer_freq(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Our own progress at INFO; the libraries (exporter passes, MLflow's store) only warnings.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("training").setLevel(logging.INFO)
     try:
         freq = args.freq or _infer_freq(args.data)

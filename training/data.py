@@ -35,10 +35,14 @@ def load_long_csv(path: str | Path, freq: str | None = None) -> pd.DataFrame:
     df["y"] = pd.to_numeric(df["y"], errors="coerce").astype("float64")
     bad = df.index[df["ds"].isna() | ~np.isfinite(df["y"])]
     if len(bad):
-        raise DataError(f"{path}: rows {[int(i) + 2 for i in bad[:5]]} have no valid ds or finite y")
+        raise DataError(
+            f"{path}: rows {[int(i) + 2 for i in bad[:5]]} have no valid ds or finite y"
+        )
     dupes = df.duplicated(["unique_id", "ds"])
     if dupes.any():
-        raise DataError(f"{path}: duplicate (unique_id, ds) at rows {[int(i) + 2 for i in df.index[dupes][:5]]}")
+        raise DataError(
+            f"{path}: duplicate (unique_id, ds) at rows {[int(i) + 2 for i in df.index[dupes][:5]]}"
+        )
     df = df.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
     if freq is not None:
         _check_regular(df, freq)
@@ -74,7 +78,9 @@ def summarize(df: pd.DataFrame, source: str | Path) -> TrainingDataSummary:
     )
 
 
-def sliding_windows(values: np.ndarray, input_size: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+def sliding_windows(
+    values: np.ndarray, input_size: int, horizon: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Every (input, target) pair in one series: inputs (N, L), targets (N, H).
 
     N = len(values) - L - H + 1; window i reads values[i : i+L] and targets the next H.

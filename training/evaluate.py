@@ -22,7 +22,9 @@ def rmse(y: np.ndarray, yhat: np.ndarray) -> float:
 def smape(y: np.ndarray, yhat: np.ndarray) -> float:
     """Symmetric MAPE in percent, M3 convention: mean of 200*|y - yhat| / (|y| + |yhat|)."""
     denom = np.abs(y) + np.abs(yhat)
-    ratio = np.divide(2.0 * np.abs(y - yhat), denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
+    ratio = np.divide(
+        2.0 * np.abs(y - yhat), denom, out=np.zeros_like(denom, dtype=float), where=denom > 0
+    )
     return float(100.0 * np.mean(ratio))
 
 
@@ -58,7 +60,8 @@ def score(
         "mase": lambda i: mase(actuals[i], forecasts[i], insample[i], m),
     }
     return {
-        name: float(np.mean([fn(i) for i in range(len(actuals))])) for name, fn in per_metric.items()
+        name: float(np.mean([fn(i) for i in range(len(actuals))]))
+        for name, fn in per_metric.items()
     }
 
 

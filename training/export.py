@@ -87,7 +87,9 @@ def parity_cases(heldout: np.ndarray, low: float, high: float, seed: int = 0) ->
     ]
 
 
-def check_parity(model: RecurrentForecaster, model_bytes: bytes, cases: list[ParityCase]) -> ParityReport:
+def check_parity(
+    model: RecurrentForecaster, model_bytes: bytes, cases: list[ParityCase]
+) -> ParityReport:
     """Run every case through torch and onnxruntime; raise ParityError past the tolerance."""
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     max_abs, max_scaled, checks = 0.0, 0.0, []

@@ -55,6 +55,7 @@ class WindowScaler(nn.Module):
         scale = (y64 - loc).square().mean(dim=1, keepdim=True).sqrt() + self.eps  # (B, 1)
         return ((y64 - loc) / scale).float(), loc, scale
 
+
 class RecurrentForecaster(nn.Module):
     def __init__(self, config: ForecasterConfig) -> None:
         super().__init__()
@@ -75,7 +76,9 @@ class RecurrentForecaster(nn.Module):
         z, loc, scale = self.scaler(y)  # (B, L), (B, 1), (B, 1)
         states, _ = self.rnn(z.unsqueeze(-1))  # (B, L, hidden)
         last = states[:, -1]  # (B, hidden): the encoder's summary of the window
-        q = self.head(last).reshape(-1, self.config.horizon, len(self.config.quantiles))  # (B, H, Q)
+        q = self.head(last).reshape(
+            -1, self.config.horizon, len(self.config.quantiles)
+        )  # (B, H, Q)
         # Rescale in float64 and round once, so both runtimes agree to within one ulp.
         return (q.double() * scale.unsqueeze(-1) + loc.unsqueeze(-1)).float()
 

@@ -1,4 +1,4 @@
-"""``fit``: data -> trained model -> holdout metrics -> ONNX (parity-checked) -> MLflow -> bundle."""
+"""``fit``: data -> model -> holdout metrics -> ONNX (parity-checked) -> MLflow -> bundle."""
 
 from __future__ import annotations
 
@@ -56,25 +56,41 @@ def run_fit(options: FitOptions) -> FitReport:
 
     with tracking.start_run(options.experiment, run_name=options.name) as run:
         tracking.log_params(
-            {"model": config.to_dict(), "train": options.train.to_dict(), "freq": options.freq,
-             "data": str(options.data), "n_series": len(series)}
+            {
+                "model": config.to_dict(),
+                "train": options.train.to_dict(),
+                "freq": options.freq,
+                "data": str(options.data),
+                "n_series": len(series),
+            }
         )
-        result = fit(config, options.train, split, on_epoch=tracking.log_epoch, progress=options.progress)
+        result = fit(
+            config, options.train, split, on_epoch=tracking.log_epoch, progress=options.progress
+        )
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
 
         point = config.quantiles.index(min(config.quantiles, key=lambda q: abs(q - 0.5)))
         forecasts = {
             "lstm": predict(result.model, split.test_x)[:, :, point],  # (S, H)
-            "seasonal_naive": np.stack([seasonal_naive(s, config.horizon, m) for s in split.insample]),
+            "seasonal_naive": np.stack(
+                [seasonal_naive(s, config.horizon, m) for s in split.insample]
+            ),
         }
-        metrics = {method: score(split.test_y, f, split.insample, m) for method, f in forecasts.items()}
+        metrics = {
+            method: score(split.test_y, f, split.insample, m) for method, f in forecasts.items()
+        }
         mlflow.log_metrics(
-            {f"holdout_{method}_{k}": v for method, vals in metrics.items() for k, v in vals.items()}
+            {
+                f"holdout_{method}_{k}": v
+                for method, vals in metrics.items()
+                for k, v in vals.items()
+            }
         )
         last = df.groupby("unique_id", sort=False)["ds"].max()
         table = format_table(
-            metrics, f"Holdout: last {config.horizon} steps of {len(series)} series "
-            f"(ending {last.max().date()}), seasonal period {m}"
+            metrics,
+            f"Holdout: last {config.horizon} steps of {len(series)} series "
+            f"(ending {last.max().date()}), seasonal period {m}",
         )
         mlflow.log_text(table + "\n", "holdout_metrics.md")
         mlflow.log_figure(_figure(df, split.ids, config.horizon, forecasts), "holdout.png")
@@ -84,21 +100,34 @@ def run_fit(options: FitOptions) -> FitReport:
         parity = check_parity(
             result.model,
             model_bytes,
-            parity_cases(np.concatenate([split.val_x, split.test_x]), values.min(), values.max(),
-                         seed=options.train.seed),
+            parity_cases(
+                np.concatenate([split.val_x, split.test_x]),
+                values.min(),
+                values.max(),
+                seed=options.train.seed,
+            ),
         )
         mlflow.log_metrics(
-            {"parity_max_abs_diff": parity.max_abs_diff, "parity_max_scaled_diff": parity.max_scaled_diff}
+            {
+                "parity_max_abs_diff": parity.max_abs_diff,
+                "parity_max_scaled_diff": parity.max_scaled_diff,
+            }
         )
 
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = Path(tmp) / "model.pt"
             Checkpoint(config=config, state_dict=result.model.state_dict()).save(str(checkpoint))
             ref = tracking.log_model(
-                run, model_bytes, checkpoint,
+                run,
+                model_bytes,
+                checkpoint,
                 registered_model_name=options.name if options.register else None,
-                metadata={"input_size": config.input_size, "horizon": config.horizon,
-                          "frequency": options.freq, "quantiles": list(config.quantiles)},
+                metadata={
+                    "input_size": config.input_size,
+                    "horizon": config.horizon,
+                    "frequency": options.freq,
+                    "quantiles": list(config.quantiles),
+                },
             )
         version = ref.registered_model_version or datetime.now(UTC).strftime("local-%Y%m%d%H%M%S")
         manifest = build_manifest(
@@ -108,8 +137,12 @@ def run_fit(options: FitOptions) -> FitReport:
             model_bytes=model_bytes,
             frequency=options.freq,
             seasonal_period=m,
-            training={**options.train.to_dict(), "best_epoch": result.best_epoch,
-                      "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2)},
+            training={
+                **options.train.to_dict(),
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "seconds": round(result.seconds, 2),
+            },
             training_data=summarize(df, options.data),
             metrics=metrics,
             parity=parity,
@@ -121,7 +154,7 @@ def run_fit(options: FitOptions) -> FitReport:
     return FitReport(bundle=bundle, metrics=metrics, table=table, result=result)
 
 
-def _figure(df: pd.DataFrame, ids: list[str], horizon: int, forecasts: dict[str, np.ndarray]):  # noqa: ANN202
+def _figure(df: pd.DataFrame, ids: list[str], horizon: int, forecasts: dict[str, np.ndarray]):
     groups = {uid: g.set_index("ds")["y"] for uid, g in df.groupby("unique_id", sort=False)}
     history = [groups[uid].iloc[:-horizon] for uid in ids]
     actuals = [groups[uid].iloc[-horizon:] for uid in ids]

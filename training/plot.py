@@ -25,7 +25,14 @@ def holdout_figure(
     for row in range(shown):
         ax = axes[row, 0]
         ax.plot(history[row].index, history[row].to_numpy(), color="black", lw=1, label="history")
-        ax.plot(actuals[row].index, actuals[row].to_numpy(), color="black", lw=2, ls="--", label="actual")
+        ax.plot(
+            actuals[row].index,
+            actuals[row].to_numpy(),
+            color="black",
+            lw=2,
+            ls="--",
+            label="actual",
+        )
         for method, values in forecasts.items():
             ax.plot(actuals[row].index, values[row], lw=2, label=method)
         ax.set_title(ids[row])

@@ -64,7 +64,9 @@ def pinball_loss(
     return torch.maximum(quantiles * error, (quantiles - 1) * error).mean()
 
 
-def _loss(model: RecurrentForecaster, x: torch.Tensor, y: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def _loss(
+    model: RecurrentForecaster, x: torch.Tensor, y: torch.Tensor, q: torch.Tensor
+) -> torch.Tensor:
     _, _, scale = model.scaler(x)
     return pinball_loss(model(x), y, scale, q)
 

@@ -18,6 +18,7 @@ async def live() -> Liveness:
 @router.get(
     "/ready",
     response_model=Readiness,
+    response_model_exclude_none=True,
     responses={503: {"model": Readiness, "description": "No model is loaded; reason says why."}},
 )
 async def ready(request: Request) -> Readiness | JSONResponse:

@@ -1,0 +1,148 @@
+"""End to end: the CLI trains on the shipped CSV, logs to MLflow, writes a bundle; the api
+started as its own process serves that bundle over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.bundle import read_bundle
+from tests.conftest import AIR_CSV, REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def run_fit(
+    out: Path, cwd: Path, extra_env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    # Without MLFLOW_TRACKING_URI the CLI uses its embedded default store under cwd/var.
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {**inherited, "PYTHONPATH": str(REPO), **extra_env}
+    command = [
+        sys.executable,
+        "-m",
+        "training",
+        "fit",
+        "--data",
+        str(AIR_CSV),
+        "--horizon",
+        "12",
+        "--freq",
+        "MS",
+        "--name",
+        "air_e2e",
+        "--out",
+        str(out),
+        "--input-size",
+        "24",
+        "--hidden-size",
+        "16",
+        "--no-progress",
+        *args,
+    ]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short fit with the embedded default store (var/ under the working directory)."""
+    work = tmp_path_factory.mktemp("fit")
+    done = run_fit(work / "bundle", work, {}, "--max-epochs", "8")
+    assert done.returncode == 0, done.stderr
+    return work, done.stdout
+
+
+def test_cli_prints_lstm_and_seasonal_naive_metrics(trained):
+    _, stdout = trained
+    lines = {
+        line.split("|")[1].strip(): line for line in stdout.splitlines() if line.startswith("| ")
+    }
+    assert set(lines) >= {"method", "lstm", "seasonal_naive"}
+    assert [c.strip() for c in lines["method"].split("|")[2:6]] == ["MAE", "RMSE", "SMAPE", "MASE"]
+    assert float(lines["seasonal_naive"].split("|")[2]) == pytest.approx(47.833, abs=1e-3)
+    assert "bundle air_e2e version 1" in stdout
+
+
+def test_bundle_records_the_run_and_passes_parity(trained):
+    work, _ = trained
+    manifest = read_bundle(work / "bundle").manifest
+    assert (manifest.input_size, manifest.horizon, manifest.frequency) == (24, 12, "MS")
+    assert manifest.parity.max_scaled_diff <= manifest.parity.tolerance
+    assert set(manifest.metrics) == {"lstm", "seasonal_naive"}
+    assert manifest.training_data.n_observations == 144
+    assert manifest.mlflow is not None and manifest.mlflow.registered_model_version == "1"
+
+
+def test_mlflow_run_has_params_loss_curves_metrics_plot_and_a_registered_version(trained):
+    work, _ = trained
+    manifest = read_bundle(work / "bundle").manifest
+    assert manifest.mlflow is not None
+    assert (work / "var" / "mlflow.db").is_file()  # the embedded default store
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'var' / 'mlflow.db'}")
+    run = client.get_run(manifest.mlflow.run_id)
+    assert run.data.params["model.input_size"] == "24"
+    assert run.data.params["train.seed"] == "0"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 8
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 8
+    assert run.data.metrics["holdout_seasonal_naive_mae"] == pytest.approx(47.833, abs=1e-3)
+    assert "holdout_lstm_mase" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"holdout.png", "holdout_metrics.md", "bundle", "checkpoint"} <= artifacts
+    png = Path(client.download_artifacts(run.info.run_id, "holdout.png", str(work)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    version = client.get_model_version("air_e2e", "1")
+    assert version.run_id == run.info.run_id and version.status == "READY"
+
+
+def test_api_process_serves_the_new_bundle_and_never_loads_torch(trained):
+    work, _ = trained
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FORECAST_BUNDLE_DIR": str(work / "bundle")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "api did not become ready"
+            time.sleep(0.2)
+        history = pd.read_csv(AIR_CSV)["y"].tolist()
+        response = httpx.post(
+            f"{base}/forecast",
+            json={
+                "series": [{"id": "air", "history": history, "start": "1949-01-01"}],
+                "horizon": 12,
+            },
+        )
+        assert response.status_code == 200, response.text
+        forecast = response.json()["forecasts"][0]
+        assert forecast["model"] == {"name": "air_e2e", "version": "1"}
+        assert forecast["timestamps"][0] == "1961-01-01" and len(forecast["values"]) == 12
+        assert np.isfinite(forecast["values"]).all()
+        # No torch shared library is mapped into the serving process.
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libtorch" not in maps, "the api process loaded torch"
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=30)
+    assert "loaded model air_e2e version 1 on CPUExecutionProvider" in output

@@ -1,0 +1,177 @@
+"""POST /forecast over real HTTP against the shipped AirPassengers bundle."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.bundle import read_bundle
+from tests.conftest import AIR_BUNDLE
+
+MANIFEST = read_bundle(AIR_BUNDLE).manifest
+L, H = MANIFEST.input_size, MANIFEST.horizon
+
+
+def body(history: list[float], horizon: int = 12, **series: object) -> dict[str, object]:
+    one = {"id": "air", "history": history, "start": "1949-01-01", "freq": "MS", **series}
+    return {"series": [one], "horizon": horizon}
+
+
+def reference_forecast(window: list[float]) -> np.ndarray:
+    """The bundle run directly in onnxruntime, outside the service: (H,) point forecast."""
+    session = ort.InferenceSession(
+        str(AIR_BUNDLE / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (out,) = session.run(None, {"y": np.asarray([window], dtype=np.float32)})
+    return out[0, :, MANIFEST.point_quantile_index]
+
+
+def test_forecast_returns_12_monthly_values_for_1961(client, air_history):
+    response = client.post("/forecast", json=body(air_history))
+    assert response.status_code == 200, response.text
+    (forecast,) = response.json()["forecasts"]
+    assert forecast["id"] == "air"
+    assert forecast["model"] == {"name": MANIFEST.name, "version": MANIFEST.version}
+    assert forecast["timestamps"] == [f"1961-{m:02d}-01" for m in range(1, 13)]
+    np.testing.assert_allclose(forecast["values"], reference_forecast(air_history[-L:]), rtol=1e-6)
+    # The model has learned the level and the summer peak of the series, not noise.
+    values = np.array(forecast["values"])
+    assert 300 < values.mean() < 700
+    assert values.argmax() in (6, 7)  # July or August
+
+
+def test_shorter_horizon_is_a_prefix_of_the_full_one(client, air_history):
+    full = client.post("/forecast", json=body(air_history, 12)).json()["forecasts"][0]
+    short = client.post("/forecast", json=body(air_history, 3)).json()["forecasts"][0]
+    assert short["timestamps"] == full["timestamps"][:3]
+    assert short["values"] == full["values"][:3]
+
+
+def test_several_series_in_one_request_match_single_requests(client, air_history):
+    histories = [air_history, air_history[:-12], [v * 10 for v in air_history[:100]]]
+    starts = ["1949-01-01", "1949-01-01", "1950-03-01"]
+    batch = {
+        "series": [
+            {"id": f"s{i}", "history": h, "start": s, "freq": "MS"}
+            for i, (h, s) in enumerate(zip(histories, starts, strict=True))
+        ],
+        "horizon": 6,
+    }
+    together = client.post("/forecast", json=batch).json()["forecasts"]
+    assert [f["id"] for f in together] == ["s0", "s1", "s2"]
+    for i, (history, start) in enumerate(zip(histories, starts, strict=True)):
+        alone = client.post("/forecast", json=body(history, 6, start=start)).json()["forecasts"][0]
+        np.testing.assert_allclose(together[i]["values"], alone["values"], rtol=1e-5)
+        assert together[i]["timestamps"] == alone["timestamps"]
+    assert together[1]["timestamps"][0] == "1960-01-01"
+    assert together[2]["timestamps"][0] == "1958-07-01"  # 100 months after 1950-03
+
+
+def test_large_batch_runs_off_the_event_loop_and_matches(client, air_history):
+    """Above inline_batch_max the inference goes to the thread pool; results are the same."""
+    series = [
+        {"id": str(i), "history": [v + i for v in air_history], "start": "1949-01-01"}
+        for i in range(200)
+    ]
+    response = client.post("/forecast", json={"series": series, "horizon": 12})
+    assert response.status_code == 200, response.text
+    forecasts = response.json()["forecasts"]
+    assert len(forecasts) == 200
+    np.testing.assert_allclose(
+        forecasts[37]["values"], reference_forecast([v + 37 for v in air_history[-L:]]), rtol=1e-5
+    )
+
+
+def test_freq_defaults_to_the_models(client, air_history):
+    explicit = client.post("/forecast", json=body(air_history)).json()
+    implicit_body = body(air_history)
+    del implicit_body["series"][0]["freq"]  # type: ignore[index]
+    assert client.post("/forecast", json=implicit_body).json() == explicit
+
+
+def _error(response) -> dict[str, object]:
+    assert response.status_code == 422, response.text
+    (detail,) = response.json()["detail"]
+    return detail
+
+
+def test_history_shorter_than_input_window_is_422_naming_the_limit(client, air_history):
+    detail = _error(client.post("/forecast", json=body(air_history[: L - 1])))
+    assert detail["loc"] == ["body", "series", 0, "history"]
+    assert f"needs at least {L}" in detail["msg"] and f"has {L - 1} values" in detail["msg"]
+
+
+def test_horizon_above_the_models_is_422_naming_the_limit(client, air_history):
+    detail = _error(client.post("/forecast", json=body(air_history, H + 1)))
+    assert detail["loc"] == ["body", "horizon"]
+    assert f"horizon of {H}" in detail["msg"]
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_values_are_422_naming_the_element(client, air_history, bad):
+    text = json.dumps(body(air_history)).replace("112.0", bad, 1)
+    response = client.post("/forecast", content=text, headers={"content-type": "application/json"})
+    detail = _error(response)
+    assert detail["loc"] == ["body", "series", 0, "history", 0]
+    assert "finite" in detail["msg"]
+
+
+def test_values_beyond_float32_are_422(client, air_history):
+    detail = _error(client.post("/forecast", json=body([*air_history[:-1], 1e300])))
+    assert detail["loc"] == ["body", "series", 0, "history"]
+    assert "float32" in detail["msg"]
+
+
+def test_unknown_frequency_is_422(client, air_history):
+    detail = _error(client.post("/forecast", json=body(air_history, freq="fortnightly")))
+    assert detail["loc"] == ["body", "series", 0, "freq"]
+    assert "unknown frequency 'fortnightly'" in detail["msg"]
+
+
+def test_frequency_the_model_does_not_serve_is_422_naming_what_it_serves(client, air_history):
+    detail = _error(client.post("/forecast", json=body(air_history, freq="D")))
+    assert detail["type"] == "frequency_not_served"
+    assert "serves 'MS'" in detail["msg"]
+
+
+def test_start_off_the_frequency_is_422(client, air_history):
+    detail = _error(client.post("/forecast", json=body(air_history, start="1949-01-15")))
+    assert detail["loc"] == ["body", "series", 0, "start"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "loc"),
+    [
+        ({"series": [], "horizon": 12}, ["body", "series"]),
+        (
+            {"series": [{"id": "a", "history": [1.0], "start": "1949-01-01"}], "horizon": 0},
+            ["body", "horizon"],
+        ),
+        (
+            {"series": [{"id": "a", "history": "x", "start": "1949-01-01"}], "horizon": 1},
+            ["body", "series", 0, "history"],
+        ),
+        ({"series": [{"id": "a", "history": [1.0]}], "horizon": 1}, ["body", "series", 0, "start"]),
+    ],
+)
+def test_malformed_requests_are_422_naming_the_field(client, payload, loc):
+    response = client.post("/forecast", json=payload)
+    assert response.status_code == 422
+    assert loc in [d["loc"] for d in response.json()["detail"]]
+
+
+def test_too_many_series_is_422_naming_the_setting(make_client, settings, air_history):
+    small = make_client(settings.model_copy(update={"max_series_per_request": 2}))
+    payload = body(air_history)
+    payload["series"] = payload["series"] * 3  # type: ignore[operator]
+    detail = _error(small.post("/forecast", json=payload))
+    assert "limit is 2" in detail["msg"] and "FORECAST_MAX_SERIES_PER_REQUEST" in detail["msg"]
+
+
+def test_openapi_documents_the_forecast_example(client):
+    schema = client.get("/openapi.json").json()
+    examples = schema["components"]["schemas"]["ForecastRequest"]["examples"]
+    assert examples[0]["series"][0]["freq"] == "MS"

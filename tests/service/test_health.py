@@ -1,0 +1,57 @@
+"""Probes, and what the api does when the bundle can't be served."""
+
+from __future__ import annotations
+
+import shutil
+
+from service.bundle import read_bundle
+from tests.conftest import AIR_BUNDLE
+
+
+def test_live(client):
+    assert client.get("/health/live").json() == {"status": "alive"}
+
+
+def test_ready_names_model_version_and_provider(client):
+    manifest = read_bundle(AIR_BUNDLE).manifest
+    response = client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ready",
+        "model": {"name": manifest.name, "version": manifest.version},
+        "provider": "CPUExecutionProvider",  # this machine has no GPU; auto falls back to CPU
+    }
+
+
+def test_missing_bundle_leaves_the_api_live_but_not_ready(make_client, settings, tmp_path):
+    client = make_client(settings.model_copy(update={"bundle_dir": tmp_path / "nothing"}))
+    assert client.get("/health/live").status_code == 200
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "unavailable"
+    assert "is not a bundle" in ready.json()["reason"]
+    forecast = client.post(
+        "/forecast",
+        json={"series": [{"id": "a", "history": [1.0] * 30, "start": "2000-01-01"}], "horizon": 1},
+    )
+    assert forecast.status_code == 503
+    assert forecast.json()["detail"][0]["type"] == "model_not_ready"
+
+
+def test_corrupt_model_file_is_refused_with_the_checksum_reason(make_client, settings, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(AIR_BUNDLE, bundle)
+    with (bundle / "model.onnx").open("r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02\x03")
+    client = make_client(settings.model_copy(update={"bundle_dir": bundle}))
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert "sha256" in ready.json()["reason"]
+
+
+def test_cuda_requested_on_a_cpu_machine_is_not_ready_with_the_reason(make_client, settings):
+    client = make_client(settings.model_copy(update={"provider": "cuda"}))
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert "provider 'cuda' was requested" in ready.json()["reason"]

@@ -1,0 +1,70 @@
+"""Loading bundles into onnxruntime: validation against the manifest, provider choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.bundle import MANIFEST_FILE, BundleError, read_bundle, sha256_file, write_bundle
+from service.inference import CPU, choose_providers, load_forecaster
+from tests.conftest import AIR_BUNDLE
+
+
+def test_shipped_bundle_loads_and_predicts_any_batch_size():
+    forecaster = load_forecaster(str(AIR_BUNDLE), "cpu", intra_op_threads=1)
+    m = forecaster.manifest
+    for batch in (1, 3, 256):
+        windows = (
+            np.random.default_rng(batch).uniform(100, 600, (batch, m.input_size)).astype(np.float32)
+        )
+        out = forecaster.predict(windows)
+        assert out.shape == (batch, m.horizon, len(m.quantiles))
+        assert np.isfinite(out).all()
+
+
+def test_auto_provider_is_cpu_without_cuda():
+    expected = (
+        ["CUDAExecutionProvider", CPU]
+        if "CUDAExecutionProvider" in ort.get_available_providers()
+        else [CPU]
+    )
+    assert choose_providers("auto") == expected
+    assert choose_providers("cpu") == [CPU]
+
+
+def test_manifest_that_disagrees_with_the_graph_is_refused(tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(AIR_BUNDLE, bundle)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest["input_size"] += 1
+    manifest["inputs"][0]["shape"][1] += 1
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="does not match the manifest"):
+        load_forecaster(str(bundle), "cpu", 1)
+
+
+def test_read_bundle_verifies_the_checksum(tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(AIR_BUNDLE, bundle)
+    (bundle / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(BundleError, match="sha256"):
+        read_bundle(bundle)
+
+
+def test_write_bundle_replaces_the_old_one_whole(tmp_path):
+    original = read_bundle(AIR_BUNDLE)
+    data = original.model_path.read_bytes()
+    target = tmp_path / "air"
+    write_bundle(target, data, original.manifest)
+    newer = original.manifest.model_copy(update={"version": "2"})
+    written = write_bundle(target, data, newer)
+    assert written.manifest.version == "2"
+    assert sha256_file(target / "model.onnx") == original.manifest.onnx_sha256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["air"]  # no staging or old folders left
+    with pytest.raises(BundleError, match="does not match the model bytes"):
+        write_bundle(target, b"other bytes", newer)
+    assert read_bundle(target).manifest.version == "2"  # a refused write leaves it untouched

@@ -1,0 +1,33 @@
+"""The api never imports torch: checked in a fresh interpreter after start-up and a forecast."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import AIR_BUNDLE, AIR_CSV, REPO
+
+SCRIPT = f"""
+import json, sys
+import pandas as pd
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.config import Settings
+
+history = pd.read_csv({str(AIR_CSV)!r})["y"].tolist()
+with TestClient(create_app(Settings(bundle_dir={str(AIR_BUNDLE)!r}))) as client:
+    assert client.get("/health/ready").status_code == 200
+    r = client.post("/forecast", json={{"series": [{{"id": "a", "history": history,
+                    "start": "1949-01-01"}}], "horizon": 12}})
+    assert r.status_code == 200, r.text
+print(json.dumps(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))))
+"""
+
+
+def test_service_process_never_imports_torch():
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -1,0 +1,76 @@
+"""Windows and splits over the long format, against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import AIR_CSV
+from training.data import DataError, holdout_split, load_long_csv, series_values, sliding_windows
+
+
+def test_sliding_windows_by_hand():
+    x, y = sliding_windows(np.arange(1, 8, dtype=np.float32), input_size=3, horizon=2)
+    # 7 values, L=3, H=2 -> 7 - 3 - 2 + 1 = 3 windows
+    np.testing.assert_array_equal(x, [[1, 2, 3], [2, 3, 4], [3, 4, 5]])
+    np.testing.assert_array_equal(y, [[4, 5], [5, 6], [6, 7]])
+
+
+def test_sliding_windows_too_short_is_empty():
+    x, y = sliding_windows(np.arange(4, dtype=np.float32), input_size=3, horizon=2)
+    assert x.shape == (0, 3) and y.shape == (0, 2)
+
+
+def test_holdout_split_by_hand():
+    values = np.arange(1, 13, dtype=np.float32)  # 1..12
+    split = holdout_split({"a": values}, input_size=3, horizon=2)
+    np.testing.assert_array_equal(split.test_y, [[11, 12]])
+    np.testing.assert_array_equal(split.test_x, [[8, 9, 10]])
+    np.testing.assert_array_equal(split.val_y, [[9, 10]])
+    np.testing.assert_array_equal(split.val_x, [[6, 7, 8]])
+    # Training targets end at 8: nothing from validation or test leaks in.
+    np.testing.assert_array_equal(split.train_y[-1], [7, 8])
+    assert split.train_x.shape == (4, 3)  # 8 - 3 - 2 + 1
+    np.testing.assert_array_equal(split.insample[0], values[:10])
+
+
+def test_holdout_split_refuses_short_series():
+    with pytest.raises(DataError, match="fewer than input_size"):
+        holdout_split({"a": np.arange(8, dtype=np.float32)}, input_size=3, horizon=2)
+
+
+def test_air_passengers_csv_is_144_monthly_values():
+    df = load_long_csv(AIR_CSV, freq="MS")
+    values = series_values(df)["AirPassengers"]
+    assert len(values) == 144 and values[0] == 112 and values[-1] == 432
+    assert values.sum() == 40363
+    assert (
+        str(df["ds"].iloc[0].date()) == "1949-01-01"
+        and str(df["ds"].iloc[-1].date()) == "1960-12-01"
+    )
+
+
+def test_loader_reads_many_series_and_sorts_them(tmp_path):
+    path = tmp_path / "two.csv"
+    path.write_text(
+        "unique_id,ds,y\nb,2000-02-01,4\na,2000-01-01,1\nb,2000-01-01,3\na,2000-02-01,2\n"
+    )
+    df = load_long_csv(path, freq="MS")
+    assert {k: v.tolist() for k, v in series_values(df).items()} == {"a": [1, 2], "b": [3, 4]}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id,ds,y\na,2000-01-01,1\n", "missing column"),
+        ("unique_id,ds,y\na,2000-01-01,1\na,2000-01-01,2\n", "duplicate"),
+        ("unique_id,ds,y\na,2000-01-01,1\na,2000-03-01,2\n", "not regular at MS"),
+        ("unique_id,ds,y\na,2000-01-01,x\n", "finite y"),
+        ("unique_id,ds,y\na,2000-01-01,inf\n", "finite y"),
+    ],
+)
+def test_loader_names_what_is_wrong(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_long_csv(path, freq="MS")
