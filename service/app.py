@@ -15,12 +15,13 @@ from service.inference import load_forecaster
 from service.routes import forecast, health
 
 logger = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(level: str) -> None:
     """Plain-text logs for the api's own loggers; a no-op when the host already set up logging
     (pytest, or an embedding application). Runs in every uvicorn worker process."""
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
