@@ -20,7 +20,9 @@ $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIP) --editable '.[dev]'
 	touch $@
 
+# Migrations run as their own step first (embedded default: SQLite under var/).
 serve: $(VENV)/.serve-installed
+	$(PY) -m service migrate
 	$(PY) -m service serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev-installed

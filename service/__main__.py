@@ -17,9 +17,15 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     serve.add_argument("--workers", type=int, default=1)
+    commands.add_parser("migrate", help="upgrade the database (DATABASE_URL) to the latest schema")
     args = parser.parse_args(argv)
 
     settings = Settings()
+    if args.command == "migrate":
+        from service.db.migrate import upgrade
+
+        upgrade(settings.database_url)
+        return
     uvicorn.run(
         "service.app:create_app",
         factory=True,

@@ -10,9 +10,11 @@ from fastapi import FastAPI
 
 from service.bundle import BundleError
 from service.config import Settings
+from service.db.session import build_engine, build_sessionmaker
 from service.errors import register_error_handlers
 from service.inference import load_forecaster
-from service.routes import forecast, health
+from service.limits import BodySizeLimit
+from service.routes import forecast, health, series
 
 logger = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -40,7 +42,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BundleError as exc:
             logger.error("model not loaded: %s", exc)
             app.state.forecaster, app.state.model_error = None, str(exc)
+        # The engine connects lazily: the api starts (and reports why it isn't ready) even
+        # while the database is down. The schema comes from `python -m service migrate`.
+        engine = build_engine(settings.database_url)
+        app.state.engine, app.state.sessions = engine, build_sessionmaker(engine)
+        logger.info("database: %s", engine.url.render_as_string(hide_password=True))
         yield
+        engine.dispose()
 
     app = FastAPI(
         title="LSTM forecasting service",
@@ -50,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.forecaster, app.state.model_error = None, "starting up"
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     register_error_handlers(app)
     app.include_router(health.router)
     app.include_router(forecast.router)
+    app.include_router(series.router)
     return app

@@ -9,15 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Provider = Literal["auto", "cpu", "cuda"]
+DEFAULT_DATABASE_URL = "sqlite:///var/service.db"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FORECAST_", extra="ignore")
 
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("DATABASE_URL", "FORECAST_DATABASE_URL"),
+        description="SQLAlchemy URL: unset, a SQLite file under var/; for PostgreSQL "
+        "postgresql+psycopg://user:password@host:5432/dbname.",
+    )
     bundle_dir: Path = Field(
         default=Path("models/air_passengers"),
         description="Model bundle folder (model.onnx + manifest.json) served by the api.",
@@ -38,6 +45,9 @@ class Settings(BaseSettings):
         description="Batches up to this many series run on the event loop (sub-millisecond); "
         "larger ones run in a worker thread so they never block it.",
     )
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="413 above.")
     max_series_per_request: int = Field(default=1000, ge=1)
     max_history_length: int = Field(default=100_000, ge=1)
+    max_observations_per_request: int = Field(default=100_000, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
     log_level: str = Field(default="INFO")

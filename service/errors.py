@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 Loc = Sequence[str | int]
 
@@ -24,8 +25,8 @@ class ServiceError(Exception):
         self.msg = msg
         self.loc = list(loc)
 
-    def to_detail(self) -> dict[str, object]:
-        return {"loc": self.loc, "msg": self.msg, "type": self.type}
+    def details(self) -> list[dict[str, object]]:
+        return [{"loc": self.loc, "msg": self.msg, "type": self.type}]
 
 
 class InvalidInput(ServiceError):
@@ -53,6 +54,45 @@ class LimitExceeded(InvalidInput):
     type = "limit_exceeded"
 
 
+class InvalidRows(InvalidInput):
+    """Several rows of one request are wrong; each gets its own detail entry."""
+
+    type = "invalid_row"
+
+    def __init__(self, problems: list[tuple[Loc, str]], total: int) -> None:
+        shown = f"{len(problems)} of {total}" if total > len(problems) else str(total)
+        super().__init__(f"{shown} row(s) rejected; nothing from this request was stored")
+        self.problems = problems
+
+    def details(self) -> list[dict[str, object]]:
+        return [{"loc": list(loc), "msg": msg, "type": self.type} for loc, msg in self.problems]
+
+
+class HistoryGap(InvalidInput):
+    type = "history_gap"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    type = "unsupported_media_type"
+
+
+class SeriesNotFound(ServiceError):
+    status_code = 404
+    type = "series_not_found"
+
+    def __init__(self, series_id: str, loc: Loc = ("path", "series_id")) -> None:
+        super().__init__(
+            f"series {series_id!r} does not exist; create it with PUT /series/{{id}}", loc
+        )
+        self.series_id = series_id
+
+
+class SeriesConflict(ServiceError):
+    status_code = 409
+    type = "conflict"
+
+
 class ModelNotReady(ServiceError):
     status_code = 503
     type = "model_not_ready"
@@ -60,7 +100,7 @@ class ModelNotReady(ServiceError):
 
 async def _handle_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse(status_code=exc.status_code, content={"detail": [exc.to_detail()]})
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.details()})
 
 
 async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -73,6 +113,17 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
+async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    """404 for unknown routes, 405, 413 from the body limit: same shape as the rest."""
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    detail = [{"loc": [], "msg": str(exc.detail), "type": kind.get(exc.status_code, "http_error")}]
+    return JSONResponse(
+        status_code=exc.status_code, content={"detail": detail}, headers=exc.headers
+    )
+
+
 def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _handle_service_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(HTTPException, _handle_http_exception)

@@ -7,21 +7,29 @@ off the event loop when the batch is large.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.offsets import BaseOffset
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
+from service.db import repository
+from service.db.repository import StoredWindow
 from service.errors import (
     FrequencyNotServed,
+    HistoryGap,
     HistoryTooShort,
     HorizonTooLong,
     InvalidInput,
     LimitExceeded,
+    Loc,
+    SeriesNotFound,
     UnknownFrequency,
 )
 from service.inference import Forecaster
-from service.schemas import ForecastRequest, ModelRef, SeriesForecast
+from service.schemas import ForecastRequest, ModelRef, SeriesForecast, SeriesInput
 from service.timeindex import (
     format_timestamps,
     future_index,
@@ -43,8 +51,16 @@ class PreparedBatch:
     horizon: int
 
 
-def prepare(request: ForecastRequest, forecaster: Forecaster, settings: Settings) -> PreparedBatch:
-    """Check every series against the model and limits; raise the first problem found."""
+def prepare(
+    request: ForecastRequest,
+    forecaster: Forecaster,
+    settings: Settings,
+    stored: dict[str, StoredWindow] | None = None,
+) -> PreparedBatch:
+    """Check every series against the model and limits; raise the first problem found.
+
+    ``stored`` holds the latest windows of the request's stored series (by id).
+    """
     m = forecaster.manifest
     if len(request.series) > settings.max_series_per_request:
         raise LimitExceeded(
@@ -61,45 +77,92 @@ def prepare(request: ForecastRequest, forecaster: Forecaster, settings: Settings
     future = []
     for i, series in enumerate(request.series):
         loc = ("body", "series", i)
-        freq = series.freq or m.frequency
-        if freq is None:
-            raise InvalidInput("freq is required: the model has no fixed frequency", (*loc, "freq"))
-        try:
-            offset = parse_frequency(freq)
-        except ValueError as exc:
-            raise UnknownFrequency(str(exc), (*loc, "freq")) from exc
-        if m.frequency is not None and not same_frequency(freq, m.frequency):
-            raise FrequencyNotServed(
-                f"frequency {freq!r} is not served; model {m.name!r} serves {m.frequency!r}",
-                (*loc, "freq"),
+        if series.is_stored:
+            window, index = _stored_window(
+                (stored or {})[series.id], forecaster, request.horizon, loc
             )
-        if not is_on_frequency(series.start, offset):
-            raise InvalidInput(
-                f"start {series.start.isoformat()} does not fall on frequency {freq!r}",
-                (*loc, "start"),
-            )
-        n = len(series.history)
-        if n > settings.max_history_length:
-            raise LimitExceeded(
-                f"history has {n} values; the limit is {settings.max_history_length} "
-                "(FORECAST_MAX_HISTORY_LENGTH)",
-                (*loc, "history"),
-            )
-        if n < m.input_size:
-            raise HistoryTooShort(
-                f"history has {n} values; model {m.name!r} needs at least {m.input_size}",
-                (*loc, "history"),
-            )
-        window = series.history[-m.input_size :]
+        else:
+            window, index = _inline_window(series, forecaster, settings, request.horizon, loc)
         if max(abs(v) for v in window) > FLOAT32_MAX:
             raise InvalidInput(
                 f"history values must lie within +-{FLOAT32_MAX:.3e} (float32)", (*loc, "history")
             )
         windows[i] = window
-        future.append(future_index(series.start, n, request.horizon, offset))
+        future.append(index)
     return PreparedBatch(
         ids=[s.id for s in request.series], windows=windows, future=future, horizon=request.horizon
     )
+
+
+def _served_offset(freq: str | None, forecaster: Forecaster, loc: Loc) -> BaseOffset:
+    m = forecaster.manifest
+    freq = freq or m.frequency
+    if freq is None:
+        raise InvalidInput("freq is required: the model has no fixed frequency", loc)
+    try:
+        offset = parse_frequency(freq)
+    except ValueError as exc:
+        raise UnknownFrequency(str(exc), loc) from exc
+    if m.frequency is not None and not same_frequency(freq, m.frequency):
+        raise FrequencyNotServed(
+            f"frequency {freq!r} is not served; model {m.name!r} serves {m.frequency!r}", loc
+        )
+    return offset
+
+
+def _inline_window(
+    series: SeriesInput, forecaster: Forecaster, settings: Settings, horizon: int, loc: Loc
+) -> tuple[list[float], pd.DatetimeIndex]:
+    m = forecaster.manifest
+    history, start = series.history or [], series.start
+    assert start is not None  # SeriesInput guarantees it for inline series
+    offset = _served_offset(series.freq, forecaster, (*loc, "freq"))
+    if not is_on_frequency(start, offset):
+        raise InvalidInput(
+            f"start {start.isoformat()} does not fall on frequency {series.freq or m.frequency!r}",
+            (*loc, "start"),
+        )
+    n = len(history)
+    if n > settings.max_history_length:
+        raise LimitExceeded(
+            f"history has {n} values; the limit is {settings.max_history_length} "
+            "(FORECAST_MAX_HISTORY_LENGTH)",
+            (*loc, "history"),
+        )
+    if n < m.input_size:
+        raise HistoryTooShort(
+            f"history has {n} values; model {m.name!r} needs at least {m.input_size}",
+            (*loc, "history"),
+        )
+    return history[-m.input_size :], future_index(start, n, horizon, offset)
+
+
+def _stored_window(
+    stored: StoredWindow, forecaster: Forecaster, horizon: int, loc: Loc
+) -> tuple[list[float], pd.DatetimeIndex]:
+    m = forecaster.manifest
+    offset = _served_offset(stored.frequency, forecaster, (*loc, "id"))
+    n = len(stored.values)
+    if n < m.input_size:
+        raise HistoryTooShort(
+            f"stored series {stored.series_id!r} has {n} observations; model {m.name!r} needs "
+            f"at least {m.input_size}",
+            (*loc, "id"),
+        )
+    # The window must be the last L periods with none missing: a gap would shift every value
+    # after it by one period and the forecast would be silently wrong.
+    expected = pd.date_range(end=stored.ts[-1], periods=m.input_size, freq=offset)
+    actual = pd.DatetimeIndex(stored.ts)
+    if not expected.equals(actual):
+        missing = expected[~expected.isin(actual)]
+        raise HistoryGap(
+            f"stored series {stored.series_id!r} has no observation at "
+            f"{format_timestamps(missing[:1])[0]} ({len(missing)} missing) within the model's "
+            f"input window: the last {m.input_size} periods up to "
+            f"{format_timestamps(expected[-1:])[0]}; upload them, then ask again",
+            (*loc, "id"),
+        )
+    return stored.values, future_index(stored.ts[-1], 1, horizon, offset)
 
 
 def label(batch: PreparedBatch, forecaster: Forecaster, output: np.ndarray) -> list[SeriesForecast]:
@@ -126,8 +189,46 @@ def label(batch: PreparedBatch, forecaster: Forecaster, output: np.ndarray) -> l
 
 
 def run_forecast(
-    request: ForecastRequest, forecaster: Forecaster, settings: Settings
+    request: ForecastRequest,
+    forecaster: Forecaster,
+    settings: Settings,
+    sessions: sessionmaker[Session],
 ) -> list[SeriesForecast]:
-    """Validate, run one batched inference for every series, and label the result."""
-    batch = prepare(request, forecaster, settings)
-    return label(batch, forecaster, forecaster.predict(batch.windows))
+    """Validate, run one batched inference for every series, and label the result.
+
+    Stored series are read in one query, and their forecasts are logged before the response
+    goes out. Runs synchronously: the route calls it in a worker thread when it touches the
+    database or the batch is large.
+    """
+    stored_ids = [s.id for s in request.series if s.is_stored]
+    if not stored_ids:
+        batch = prepare(request, forecaster, settings)
+        return label(batch, forecaster, forecaster.predict(batch.windows))
+    with sessions() as session:
+        try:
+            stored = repository.latest_windows(
+                session, series_ids=stored_ids, size=forecaster.manifest.input_size
+            )
+        except SeriesNotFound as exc:
+            index = next(i for i, s in enumerate(request.series) if s.id == exc.series_id)
+            raise SeriesNotFound(exc.series_id, ("body", "series", index, "id")) from None
+        batch = prepare(request, forecaster, settings, stored)
+        forecasts = label(batch, forecaster, forecaster.predict(batch.windows))
+        m = forecaster.manifest
+        repository.record_forecasts(
+            session,
+            rows=[
+                {
+                    "series_id": f.id,
+                    "model_name": m.name,
+                    "model_version": m.version,
+                    "issued_at": datetime.now(UTC),
+                    "horizon": batch.horizon,
+                    "target_ts": f.timestamps,
+                    "values": f.values,
+                }
+                for f, series in zip(forecasts, request.series, strict=True)
+                if series.is_stored
+            ],
+        )
+    return forecasts

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # JSON has no NaN or Infinity, but Python's parser accepts them: refuse them by field.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -26,20 +26,44 @@ AIR_PASSENGERS_1949_1960 = [
 ]  # fmt: skip
 
 
+SERIES_ID_PATTERN = r"^[\w.:@-]{1,200}$"
+SeriesId = Annotated[str, Field(pattern=SERIES_ID_PATTERN, description="Letters, digits, _.:@-")]
+
+
 class SeriesInput(BaseModel):
+    """A stored series by id alone, or an inline one with its history, start and freq."""
+
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=200, description="Caller's name for the series.")
-    history: list[FiniteFloat] = Field(
+    id: str = Field(min_length=1, max_length=200, description="Series id (stored or the caller's).")
+    history: list[FiniteFloat] | None = Field(
+        default=None,
         min_length=1,
-        description="Observed values, oldest first, one per period. The model reads the last "
-        "input_size of them.",
+        description="Inline values, oldest first, one per period; the model reads the last "
+        "input_size. Leave out to forecast the stored series with this id.",
     )
-    start: datetime = Field(description="Timestamp of history[0]; must lie on the frequency.")
+    start: datetime | None = Field(
+        default=None, description="Timestamp of history[0] (inline only); on the frequency."
+    )
     freq: str | None = Field(
         default=None,
-        description="pandas offset alias (MS, QS, D, h, 15min...). Default: the model's.",
+        description="pandas offset alias (MS, QS, D, h, 15min...), inline only. Default: the "
+        "model's.",
     )
+
+    @model_validator(mode="after")
+    def _inline_or_stored(self) -> SeriesInput:
+        if self.history is not None and self.start is None:
+            raise ValueError("start is required with an inline history")
+        if self.history is None and (self.start is not None or self.freq is not None):
+            raise ValueError(
+                "start and freq go with an inline history; a stored series has its own"
+            )
+        return self
+
+    @property
+    def is_stored(self) -> bool:
+        return self.history is None
 
 
 FORECAST_EXAMPLE: dict[str, Any] = {
@@ -48,10 +72,13 @@ FORECAST_EXAMPLE: dict[str, Any] = {
     ],
     "horizon": 12,
 }
+STORED_FORECAST_EXAMPLE: dict[str, Any] = {"series": [{"id": "air"}], "horizon": 12}
 
 
 class ForecastRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [FORECAST_EXAMPLE]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [STORED_FORECAST_EXAMPLE, FORECAST_EXAMPLE]}
+    )
 
     series: list[SeriesInput] = Field(min_length=1)
     horizon: int = Field(ge=1, description="Steps to forecast; at most the model's horizon.")
@@ -82,3 +109,58 @@ class Readiness(BaseModel):
     model: ModelRef | None = None
     provider: str | None = None
     reason: str | None = None
+
+
+class SeriesPut(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"frequency": "MS", "description": "Airline passengers"}]},
+    )
+
+    frequency: str = Field(description="pandas offset alias: MS, QS, W, D, h, 15min...")
+    description: str | None = Field(default=None, max_length=2000)
+
+
+class SeriesOut(BaseModel):
+    id: str
+    frequency: str
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SeriesDetail(SeriesOut):
+    observation_count: int
+    first_ts: datetime | None
+    last_ts: datetime | None
+
+
+class SeriesPage(BaseModel):
+    items: list[SeriesOut]
+    next_after: str | None = Field(
+        description="Pass as ?after= for the next page; null at the end."
+    )
+
+
+class ObservationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ts: datetime
+    value: FiniteFloat
+
+
+class ObservationOut(BaseModel):
+    ts: datetime
+    value: float
+
+
+class ObservationsPage(BaseModel):
+    series_id: str
+    observations: list[ObservationOut]
+
+
+class IngestResult(BaseModel):
+    series_id: str
+    received: int
+    inserted: int
+    updated: int

@@ -1,33 +1,59 @@
-"""POST /forecast: inline history in, point forecasts with timestamps out."""
+"""Forecasts for inline histories and stored series."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import ForecasterDep, SettingsDep
+from service.deps import ForecasterDep, SessionsDep, SettingsDep
+from service.errors import ServiceError
 from service.forecasting import run_forecast
-from service.schemas import ForecastRequest, ForecastResponse
+from service.schemas import SERIES_ID_PATTERN, ForecastRequest, ForecastResponse, SeriesInput
 
 router = APIRouter(tags=["forecast"])
 
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "A stored series named in the request does not exist."},
+    422: {"description": "A series or the horizon breaks a limit; detail names the field."},
+    503: {"description": "No model is loaded."},
+}
 
-@router.post(
-    "/forecast",
-    response_model=ForecastResponse,
-    responses={
-        422: {"description": "A series or the horizon breaks a limit; detail names the field."},
-        503: {"description": "No model is loaded."},
-    },
-)
+
+@router.post("/forecast", response_model=ForecastResponse, responses=ERRORS)
 async def forecast(
-    body: ForecastRequest, forecaster: ForecasterDep, settings: SettingsDep
+    body: ForecastRequest, forecaster: ForecasterDep, settings: SettingsDep, sessions: SessionsDep
 ) -> ForecastResponse:
-    # Small requests take well under a millisecond, so they run on the event loop (a thread
-    # hop would cost more than the work); large ones go to the thread pool so the loop keeps
-    # serving other requests meanwhile.
-    if len(body.series) <= settings.inline_batch_max:
-        forecasts = run_forecast(body, forecaster, settings)
+    """Series are either stored (``{"id": "air"}``) or inline (``id``, ``history``, ``start``,
+    ``freq``); both may be mixed. All of them run as one batched inference."""
+    # An inline-only request takes well under a millisecond, so it runs on the event loop (a
+    # thread hop would cost more than the work). Database reads and large batches go to the
+    # thread pool so the loop keeps serving other requests meanwhile.
+    inline_only = not any(s.is_stored for s in body.series)
+    if inline_only and len(body.series) <= settings.inline_batch_max:
+        forecasts = run_forecast(body, forecaster, settings, sessions)
     else:
-        forecasts = await run_in_threadpool(run_forecast, body, forecaster, settings)
+        forecasts = await run_in_threadpool(run_forecast, body, forecaster, settings, sessions)
+    return ForecastResponse(forecasts=forecasts)
+
+
+@router.get("/series/{series_id}/forecast", response_model=ForecastResponse, responses=ERRORS)
+async def forecast_stored(
+    series_id: Annotated[str, Path(pattern=SERIES_ID_PATTERN)],
+    forecaster: ForecasterDep,
+    settings: SettingsDep,
+    sessions: SessionsDep,
+    horizon: Annotated[int | None, Query(ge=1, description="Default: the model's.")] = None,
+) -> ForecastResponse:
+    """The forecast for one stored series, from its latest observations."""
+    body = ForecastRequest(
+        series=[SeriesInput(id=series_id)], horizon=horizon or forecaster.manifest.horizon
+    )
+    try:
+        forecasts = await run_in_threadpool(run_forecast, body, forecaster, settings, sessions)
+    except ServiceError as exc:
+        if exc.loc[:3] == ["body", "series", 0]:
+            exc.loc = ["path", "series_id"]  # this request has no body: point at the path
+        raise
     return ForecastResponse(forecasts=forecasts)

@@ -1,0 +1,1 @@
+"""Storage: tables (tables.py), engine and sessions (session.py), SQL (repository.py)."""

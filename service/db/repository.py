@@ -1,0 +1,202 @@
+"""All SQL the api runs. Functions take the session keyword-first; writes commit here, so a
+caller that gets a result back knows the data is durable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from service.db.tables import ForecastLog, Observation, Series
+from service.errors import SeriesNotFound
+
+
+@dataclass(frozen=True)
+class SeriesStats:
+    series: Series
+    count: int
+    first_ts: datetime | None
+    last_ts: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredWindow:
+    """The latest observations of one stored series, oldest first."""
+
+    series_id: str
+    frequency: str
+    ts: list[datetime]
+    values: list[float]
+
+
+def get_series(session: Session, *, series_id: str, for_update: bool = False) -> Series:
+    query = select(Series).where(Series.id == series_id)
+    if for_update:  # serialises writers of one series (PostgreSQL; SQLite locks the file)
+        query = query.with_for_update()
+    series = session.scalars(query).one_or_none()
+    if series is None:
+        raise SeriesNotFound(series_id)
+    return series
+
+
+def has_observations(session: Session, *, series_id: str) -> bool:
+    query = select(Observation.ts).where(Observation.series_id == series_id).limit(1)
+    return session.scalars(query).first() is not None
+
+
+def put_series(
+    session: Session, *, series_id: str, frequency: str, description: str | None
+) -> tuple[Series, bool]:
+    """Create or update; returns the series and whether it was created."""
+    now = datetime.now(UTC)
+    series = session.get(Series, series_id, with_for_update=True)
+    created = series is None
+    if series is None:
+        series = Series(id=series_id, created_at=now)
+        session.add(series)
+    series.frequency, series.description, series.updated_at = frequency, description, now
+    session.commit()
+    return series, created
+
+
+def series_stats(session: Session, *, series_id: str) -> SeriesStats:
+    series = get_series(session, series_id=series_id)
+    count, first, last = session.execute(
+        select(func.count(), func.min(Observation.ts), func.max(Observation.ts)).where(
+            Observation.series_id == series_id
+        )
+    ).one()
+    return SeriesStats(series=series, count=int(count), first_ts=first, last_ts=last)
+
+
+def list_series(session: Session, *, limit: int, after: str | None) -> list[Series]:
+    """A page ordered by id; ``after`` is the last id of the previous page (keyset paging)."""
+    query = select(Series).order_by(Series.id).limit(limit)
+    if after is not None:
+        query = query.where(Series.id > after)
+    return list(session.scalars(query))
+
+
+def delete_series(session: Session, *, series_id: str) -> None:
+    get_series(session, series_id=series_id, for_update=True)
+    # Explicit rather than relying on ON DELETE CASCADE, which SQLite honours only when asked.
+    session.execute(delete(ForecastLog).where(ForecastLog.series_id == series_id))
+    session.execute(delete(Observation).where(Observation.series_id == series_id))
+    session.execute(delete(Series).where(Series.id == series_id))
+    session.commit()
+
+
+def upsert_observations(
+    session: Session, *, series_id: str, ts: Sequence[datetime], values: Sequence[float]
+) -> tuple[int, int]:
+    """Insert or replace values by timestamp, all or nothing; returns (inserted, updated).
+
+    The series row is locked first, so concurrent uploads to one series can't interleave and
+    the counts are exact.
+    """
+    get_series(session, series_id=series_id, for_update=True)
+    existing = set(
+        session.scalars(
+            select(Observation.ts).where(
+                Observation.series_id == series_id,
+                Observation.ts >= min(ts),
+                Observation.ts <= max(ts),
+            )
+        )
+    )
+    updated = sum(1 for t in ts if t in existing)
+    rows = [{"series_id": series_id, "ts": t, "value": v} for t, v in zip(ts, values, strict=True)]
+    dialect_insert = (
+        postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    )
+    statement = dialect_insert(Observation)
+    statement = statement.on_conflict_do_update(
+        index_elements=[Observation.series_id, Observation.ts],
+        set_={"value": statement.excluded.value},
+    )
+    session.execute(statement, rows)
+    session.execute(
+        update(Series).where(Series.id == series_id).values(updated_at=datetime.now(UTC))
+    )
+    session.commit()
+    return len(rows) - updated, updated
+
+
+def read_observations(
+    session: Session,
+    *,
+    series_id: str,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+) -> list[Observation]:
+    get_series(session, series_id=series_id)
+    query = select(Observation).where(Observation.series_id == series_id)
+    if start is not None:
+        query = query.where(Observation.ts >= start)
+    if end is not None:
+        query = query.where(Observation.ts <= end)
+    return list(session.scalars(query.order_by(Observation.ts).limit(limit)))
+
+
+def latest_windows(
+    session: Session, *, series_ids: Sequence[str], size: int
+) -> dict[str, StoredWindow]:
+    """The last ``size`` observations of every requested series: two queries in all.
+
+    PostgreSQL walks the (series_id, ts) primary key backwards per series (LATERAL ... LIMIT);
+    other databases use a window function. Unknown ids raise SeriesNotFound (the first one).
+    """
+    unique_ids = list(dict.fromkeys(series_ids))
+    frequencies = {
+        sid: freq
+        for sid, freq in session.execute(
+            select(Series.id, Series.frequency).where(Series.id.in_(unique_ids))
+        )
+    }
+    missing = [sid for sid in unique_ids if sid not in frequencies]
+    if missing:
+        raise SeriesNotFound(missing[0])
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(
+            text(
+                "SELECT ids.id, w.ts, w.value FROM unnest(CAST(:ids AS varchar[])) AS ids(id) "
+                "CROSS JOIN LATERAL (SELECT o.ts, o.value FROM observations o "
+                "WHERE o.series_id = ids.id ORDER BY o.ts DESC LIMIT :size) AS w"
+            ),
+            {"ids": unique_ids, "size": size},
+        ).tuples()
+    else:
+        position = (
+            func.row_number()
+            .over(partition_by=Observation.series_id, order_by=Observation.ts.desc())
+            .label("position")
+        )
+        ranked = (
+            select(Observation.series_id, Observation.ts, Observation.value, position)
+            .where(Observation.series_id.in_(unique_ids))
+            .subquery()
+        )
+        rows = session.execute(
+            select(ranked.c.series_id, ranked.c.ts, ranked.c.value).where(ranked.c.position <= size)
+        ).tuples()
+    windows = {sid: StoredWindow(sid, frequencies[sid], [], []) for sid in unique_ids}
+    for sid, ts, value in rows:
+        windows[sid].ts.append(ts)
+        windows[sid].values.append(value)
+    for window in windows.values():  # rows may come newest first
+        order = sorted(range(len(window.ts)), key=window.ts.__getitem__)
+        window.ts[:] = [window.ts[i] for i in order]
+        window.values[:] = [window.values[i] for i in order]
+    return windows
+
+
+def record_forecasts(session: Session, *, rows: list[dict[str, object]]) -> None:
+    """Log forecasts served for stored series (columns of ForecastLog)."""
+    if rows:
+        session.execute(insert(ForecastLog), rows)
+        session.commit()
