@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 Loc = Sequence[str | int]
@@ -123,7 +125,19 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
     )
 
 
+async def _handle_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Connection refused, dropped or pool exhausted: a 503 the client may retry, not a 500.
+    (Bad SQL or a violated constraint is a bug, and stays a 500.)"""
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    detail = [
+        {"loc": [], "msg": f"database unavailable: {first_line}", "type": "database_unavailable"}
+    ]
+    return JSONResponse(status_code=503, content={"detail": detail}, headers={"Retry-After": "2"})
+
+
 def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OperationalError, _handle_database_unavailable)
+    app.add_exception_handler(PoolTimeout, _handle_database_unavailable)
     app.add_exception_handler(ServiceError, _handle_service_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(HTTPException, _handle_http_exception)

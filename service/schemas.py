@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands timezone-aware columns back naive (but stored in UTC); PostgreSQL aware.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 # JSON has no NaN or Infinity, but Python's parser accepts them: refuse them by field.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -125,8 +133,8 @@ class SeriesOut(BaseModel):
     id: str
     frequency: str
     description: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class SeriesDetail(SeriesOut):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,13 +15,49 @@ import httpx
 import pandas as pd
 import pytest
 import uvicorn
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from service.app import create_app
 from service.config import Settings
+from service.db import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 AIR_CSV = REPO / "data" / "air_passengers.csv"
 AIR_BUNDLE = REPO / "models" / "air_passengers"
+
+
+# An admin connection that may create and drop databases (this machine: trust auth).
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+DATABASES = ["sqlite", "postgresql"]
+
+
+@contextmanager
+def fresh_database(kind: str, folder: Path) -> Iterator[str]:
+    """A new, empty database of the given kind, dropped afterwards. Yields its URL."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / f'test-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    name = f"forecast_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        raise RuntimeError(
+            f"PostgreSQL at {POSTGRES_ADMIN_URL} is needed for the tests and refused: {exc}. "
+            "Start it with: pg_ctlcluster --skip-systemctl-redirect "
+            "$(ls /etc/postgresql) main start"
+        ) from exc
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def free_port() -> int:
@@ -54,9 +92,30 @@ def air_history() -> list[float]:
     return pd.read_csv(AIR_CSV)["y"].astype(float).tolist()
 
 
+@pytest.fixture(scope="session", params=DATABASES)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """This run's own database of each kind, migrated to head: every api test runs on both."""
+    with fresh_database(request.param, tmp_path_factory.mktemp("db")) as url:
+        migrate.upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def clean_tables(database_url: str) -> Iterator[None]:
+    """Tests share the run's database; each leaves it empty for the next."""
+    yield
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        for table in ("forecasts", "observations", "series"):
+            connection.execute(text(f"DELETE FROM {table}"))
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
-def settings() -> Settings:
-    return Settings(bundle_dir=AIR_BUNDLE, provider="auto")
+def settings(database_url: str) -> Settings:
+    return Settings(bundle_dir=AIR_BUNDLE, provider="auto", database_url=database_url)
 
 
 @pytest.fixture(scope="session")

@@ -154,13 +154,16 @@ def test_start_off_the_frequency_is_422(client, air_history):
             {"series": [{"id": "a", "history": "x", "start": "1949-01-01"}], "horizon": 1},
             ["body", "series", 0, "history"],
         ),
-        ({"series": [{"id": "a", "history": [1.0]}], "horizon": 1}, ["body", "series", 0, "start"]),
+        ({"series": [{"id": "a", "history": [1.0]}], "horizon": 1}, ["body", "series", 0]),
+        ({"series": [{"id": "a", "start": "1949-01-01"}], "horizon": 1}, ["body", "series", 0]),
     ],
 )
 def test_malformed_requests_are_422_naming_the_field(client, payload, loc):
     response = client.post("/forecast", json=payload)
     assert response.status_code == 422
     assert loc in [d["loc"] for d in response.json()["detail"]]
+    if loc == ["body", "series", 0]:
+        assert "start" in response.json()["detail"][0]["msg"]
 
 
 def test_too_many_series_is_422_naming_the_setting(make_client, settings, air_history):
@@ -174,4 +177,7 @@ def test_too_many_series_is_422_naming_the_setting(make_client, settings, air_hi
 def test_openapi_documents_the_forecast_example(client):
     schema = client.get("/openapi.json").json()
     examples = schema["components"]["schemas"]["ForecastRequest"]["examples"]
-    assert examples[0]["series"][0]["freq"] == "MS"
+    assert examples[0] == {"series": [{"id": "air"}], "horizon": 12}  # a stored series
+    assert examples[1]["series"][0]["freq"] == "MS"  # an inline history
+    upload = schema["paths"]["/series/{series_id}/observations"]["post"]["requestBody"]
+    assert set(upload["content"]) == {"application/json", "text/csv"}

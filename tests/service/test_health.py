@@ -55,3 +55,24 @@ def test_cuda_requested_on_a_cpu_machine_is_not_ready_with_the_reason(make_clien
     ready = client.get("/health/ready")
     assert ready.status_code == 503
     assert "provider 'cuda' was requested" in ready.json()["reason"]
+
+
+def test_database_down_means_not_ready_and_503s_but_inline_forecasts_work(
+    make_client, settings, air_history
+):
+    down = settings.model_copy(
+        update={"database_url": "postgresql+psycopg://postgres@127.0.0.1:9/nothing"}
+    )
+    client = make_client(down)
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["reason"].startswith("database unavailable")
+    listing = client.get("/series")
+    assert listing.status_code == 503
+    assert listing.json()["detail"][0]["type"] == "database_unavailable"
+    assert listing.headers["retry-after"] == "2"
+    inline = client.post(
+        "/forecast",
+        json={"series": [{"id": "a", "history": air_history, "start": "1949-01-01"}], "horizon": 3},
+    )
+    assert inline.status_code == 200

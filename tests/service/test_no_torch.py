@@ -16,7 +16,8 @@ from service.app import create_app
 from service.config import Settings
 
 history = pd.read_csv({str(AIR_CSV)!r})["y"].tolist()
-with TestClient(create_app(Settings(bundle_dir={str(AIR_BUNDLE)!r}))) as client:
+settings = Settings(bundle_dir={str(AIR_BUNDLE)!r}, database_url=sys.argv[1])
+with TestClient(create_app(settings)) as client:
     assert client.get("/health/ready").status_code == 200
     r = client.post("/forecast", json={{"series": [{{"id": "a", "history": history,
                     "start": "1949-01-01"}}], "horizon": 12}})
@@ -25,9 +26,13 @@ print(json.dumps(sorted(m for m in sys.modules if m == "torch" or m.startswith("
 """
 
 
-def test_service_process_never_imports_torch():
+def test_service_process_never_imports_torch(database_url):
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", SCRIPT, database_url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
