@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-import pandas as pd
-from pandas.tseries.offsets import BaseOffset
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
@@ -32,10 +30,12 @@ from service.inference import Forecaster
 from service.schemas import ForecastRequest, ModelRef, SeriesForecast, SeriesInput
 from service.timeindex import (
     format_timestamps,
-    future_index,
+    future_labels,
     is_on_frequency,
     parse_frequency,
     same_frequency,
+    step_from,
+    window_index,
 )
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -47,7 +47,7 @@ class PreparedBatch:
 
     ids: list[str]
     windows: np.ndarray
-    future: list[pd.DatetimeIndex]
+    future: list[tuple[str, ...]]  # per series: the labels of the forecast timestamps
     horizon: int
 
 
@@ -94,33 +94,33 @@ def prepare(
     )
 
 
-def _served_offset(freq: str | None, forecaster: Forecaster, loc: Loc) -> BaseOffset:
+def _served_frequency(freq: str | None, forecaster: Forecaster, loc: Loc) -> str:
+    """The series' frequency (default: the model's), once checked that the model serves it."""
     m = forecaster.manifest
     freq = freq or m.frequency
     if freq is None:
         raise InvalidInput("freq is required: the model has no fixed frequency", loc)
     try:
-        offset = parse_frequency(freq)
+        parse_frequency(freq)
     except ValueError as exc:
         raise UnknownFrequency(str(exc), loc) from exc
     if m.frequency is not None and not same_frequency(freq, m.frequency):
         raise FrequencyNotServed(
             f"frequency {freq!r} is not served; model {m.name!r} serves {m.frequency!r}", loc
         )
-    return offset
+    return freq
 
 
 def _inline_window(
     series: SeriesInput, forecaster: Forecaster, settings: Settings, horizon: int, loc: Loc
-) -> tuple[list[float], pd.DatetimeIndex]:
+) -> tuple[list[float], tuple[str, ...]]:
     m = forecaster.manifest
     history, start = series.history or [], series.start
     assert start is not None  # SeriesInput guarantees it for inline series
-    offset = _served_offset(series.freq, forecaster, (*loc, "freq"))
-    if not is_on_frequency(start, offset):
+    freq = _served_frequency(series.freq, forecaster, (*loc, "freq"))
+    if not is_on_frequency(start, parse_frequency(freq)):
         raise InvalidInput(
-            f"start {start.isoformat()} does not fall on frequency {series.freq or m.frequency!r}",
-            (*loc, "start"),
+            f"start {start.isoformat()} does not fall on frequency {freq!r}", (*loc, "start")
         )
     n = len(history)
     if n > settings.max_history_length:
@@ -134,14 +134,14 @@ def _inline_window(
             f"history has {n} values; model {m.name!r} needs at least {m.input_size}",
             (*loc, "history"),
         )
-    return history[-m.input_size :], future_index(start, n, horizon, offset)
+    return history[-m.input_size :], future_labels(step_from(start, n - 1, freq), horizon, freq)
 
 
 def _stored_window(
     stored: StoredWindow, forecaster: Forecaster, horizon: int, loc: Loc
-) -> tuple[list[float], pd.DatetimeIndex]:
+) -> tuple[list[float], tuple[str, ...]]:
     m = forecaster.manifest
-    offset = _served_offset(stored.frequency, forecaster, (*loc, "id"))
+    freq = _served_frequency(stored.frequency, forecaster, (*loc, "id"))
     n = len(stored.values)
     if n < m.input_size:
         raise HistoryTooShort(
@@ -151,18 +151,18 @@ def _stored_window(
         )
     # The window must be the last L periods with none missing: a gap would shift every value
     # after it by one period and the forecast would be silently wrong.
-    expected = pd.date_range(end=stored.ts[-1], periods=m.input_size, freq=offset)
-    actual = pd.DatetimeIndex(stored.ts)
-    if not expected.equals(actual):
-        missing = expected[~expected.isin(actual)]
+    expected = window_index(stored.ts[-1], m.input_size, freq)
+    if tuple(stored.ts) != expected:
+        present = set(stored.ts)
+        missing = [t for t in expected if t not in present]
         raise HistoryGap(
             f"stored series {stored.series_id!r} has no observation at "
             f"{format_timestamps(missing[:1])[0]} ({len(missing)} missing) within the model's "
             f"input window: the last {m.input_size} periods up to "
-            f"{format_timestamps(expected[-1:])[0]}; upload them, then ask again",
+            f"{format_timestamps([expected[-1]])[0]}; upload them, then ask again",
             (*loc, "id"),
         )
-    return stored.values, future_index(stored.ts[-1], 1, horizon, offset)
+    return stored.values, future_labels(stored.ts[-1], horizon, freq)
 
 
 def label(batch: PreparedBatch, forecaster: Forecaster, output: np.ndarray) -> list[SeriesForecast]:
@@ -181,7 +181,7 @@ def label(batch: PreparedBatch, forecaster: Forecaster, output: np.ndarray) -> l
         SeriesForecast(
             id=series_id,
             model=model,
-            timestamps=format_timestamps(batch.future[i]),
+            timestamps=list(batch.future[i]),
             values=point[i].astype(float).tolist(),
         )
         for i, series_id in enumerate(batch.ids)

@@ -1,8 +1,13 @@
-"""Frequencies and timestamps (pandas offset aliases such as MS, QS, D, h, 15min)."""
+"""Frequencies and timestamps (pandas offset aliases such as MS, QS, D, h, 15min).
+
+The calendar work is cached: a batch of 1,000 series usually shares a handful of end dates,
+and pandas' date arithmetic costs far more per call than the model does per series.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
@@ -14,6 +19,7 @@ _PERIODS = {"MS": 12, "ME": 12, "QS": 4, "QE": 4, "YS": 1, "YE": 1, "W": 52, "D"
 _PER_DAY = {"h": 24, "min": 24 * 60, "s": 24 * 3600}
 
 
+@lru_cache(maxsize=256)
 def parse_frequency(freq: str) -> BaseOffset:
     """The pandas offset for an alias; ValueError names the alias when pandas rejects it."""
     try:
@@ -25,7 +31,7 @@ def parse_frequency(freq: str) -> BaseOffset:
 
 
 def same_frequency(a: str, b: str) -> bool:
-    return parse_frequency(a) == parse_frequency(b)
+    return a == b or parse_frequency(a) == parse_frequency(b)
 
 
 def seasonal_period(freq: str) -> int:
@@ -41,16 +47,33 @@ def is_on_frequency(ts: datetime, offset: BaseOffset) -> bool:
     return bool(offset.is_on_offset(pd.Timestamp(ts)))
 
 
-def future_index(
-    start: datetime, n_history: int, horizon: int, offset: BaseOffset
-) -> pd.DatetimeIndex:
-    """Timestamps of the ``horizon`` steps after a history of ``n_history`` steps from ``start``."""
-    first = pd.Timestamp(start) + offset * n_history
-    return pd.date_range(start=first, periods=horizon, freq=offset)
+@lru_cache(maxsize=65536)
+def step_from(start: datetime, steps: int, freq: str) -> datetime:
+    """The timestamp ``steps`` periods after ``start`` (negative: before)."""
+    result: datetime = (pd.Timestamp(start) + parse_frequency(freq) * steps).to_pydatetime()
+    return result
 
 
-def format_timestamps(index: pd.DatetimeIndex) -> list[str]:
-    """ISO 8601; dates alone when every timestamp is midnight (monthly data reads 1961-01-01)."""
-    if (index == index.normalize()).all():
-        return [ts.date().isoformat() for ts in index]
-    return [ts.isoformat() for ts in index]
+@lru_cache(maxsize=65536)
+def window_index(last: datetime, size: int, freq: str) -> tuple[datetime, ...]:
+    """The ``size`` consecutive timestamps ending at ``last``, oldest first."""
+    index = pd.date_range(end=last, periods=size, freq=parse_frequency(freq))
+    return tuple(index.to_pydatetime())
+
+
+@lru_cache(maxsize=65536)
+def future_labels(last: datetime, horizon: int, freq: str) -> tuple[str, ...]:
+    """ISO labels of the ``horizon`` periods after ``last``.
+
+    Dates alone when every timestamp is midnight (monthly data reads 1961-01-01), else full
+    ISO 8601 timestamps.
+    """
+    offset = parse_frequency(freq)
+    index = pd.date_range(start=pd.Timestamp(last) + offset, periods=horizon, freq=offset)
+    return format_timestamps(list(index.to_pydatetime()))
+
+
+def format_timestamps(stamps: list[datetime]) -> tuple[str, ...]:
+    if all(t.hour == t.minute == t.second == t.microsecond == 0 for t in stamps):
+        return tuple(t.date().isoformat() for t in stamps)
+    return tuple(t.isoformat() for t in stamps)
