@@ -12,9 +12,12 @@ RUN mkdir service training \
     && touch service/__init__.py training/__init__.py \
     && pip install --constraint constraints.txt '.[serve]' \
     && pip uninstall --yes lstm-forecast-service
+COPY alembic.ini ./
+COPY migrations/ migrations/
 COPY service/ service/
 COPY models/ models/
-RUN useradd --create-home --uid 10001 app
+# var/ holds the embedded SQLite database when DATABASE_URL is unset.
+RUN useradd --create-home --uid 10001 app && mkdir var && chown app var
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

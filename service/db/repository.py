@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from service.db.tables import ForecastLog, Observation, Series
@@ -96,9 +96,23 @@ def upsert_observations(
     """Insert or replace values by timestamp, all or nothing; returns (inserted, updated).
 
     The series row is locked first, so concurrent uploads to one series can't interleave and
-    the counts are exact.
+    the counts are exact. Committed before returning.
     """
     get_series(session, series_id=series_id, for_update=True)
+    if session.get_bind().dialect.name == "postgresql":
+        updated = _copy_upsert_postgresql(session, series_id, ts, values)
+    else:
+        updated = _upsert_portable(session, series_id, ts, values)
+    session.execute(
+        update(Series).where(Series.id == series_id).values(updated_at=datetime.now(UTC))
+    )
+    session.commit()
+    return len(ts) - updated, updated
+
+
+def _upsert_portable(
+    session: Session, series_id: str, ts: Sequence[datetime], values: Sequence[float]
+) -> int:
     existing = set(
         session.scalars(
             select(Observation.ts).where(
@@ -108,22 +122,45 @@ def upsert_observations(
             )
         )
     )
-    updated = sum(1 for t in ts if t in existing)
-    rows = [{"series_id": series_id, "ts": t, "value": v} for t, v in zip(ts, values, strict=True)]
-    dialect_insert = (
-        postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    )
-    statement = dialect_insert(Observation)
+    statement = sqlite.insert(Observation)
     statement = statement.on_conflict_do_update(
         index_elements=[Observation.series_id, Observation.ts],
         set_={"value": statement.excluded.value},
     )
+    rows = [{"series_id": series_id, "ts": t, "value": v} for t, v in zip(ts, values, strict=True)]
     session.execute(statement, rows)
-    session.execute(
-        update(Series).where(Series.id == series_id).values(updated_at=datetime.now(UTC))
-    )
-    session.commit()
-    return len(rows) - updated, updated
+    return sum(1 for t in ts if t in existing)
+
+
+def _copy_upsert_postgresql(
+    session: Session, series_id: str, ts: Sequence[datetime], values: Sequence[float]
+) -> int:
+    """COPY into a temporary table, then one INSERT ... ON CONFLICT: several times the rate of
+    batched INSERT statements for 100,000-row uploads. Returns the number of updated rows."""
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor:
+        # Per connection, emptied at every commit or rollback, so pooled connections reuse it.
+        cursor.execute(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS observations_upload "
+            "(ts timestamp NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS"
+        )
+        with cursor.copy("COPY observations_upload (ts, value) FROM STDIN") as copy:
+            for row in zip(ts, values, strict=True):
+                copy.write_row(row)
+        cursor.execute(
+            "SELECT count(*) FROM observations_upload u JOIN observations o "
+            "ON o.series_id = %s AND o.ts = u.ts",
+            (series_id,),
+        )
+        (updated,) = cursor.fetchone() or (0,)
+        cursor.execute(
+            "INSERT INTO observations (series_id, ts, value) "
+            "SELECT %s, ts, value FROM observations_upload "
+            "ON CONFLICT (series_id, ts) DO UPDATE SET value = EXCLUDED.value",
+            (series_id,),
+        )
+    return int(updated)
 
 
 def read_observations(
