@@ -26,7 +26,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import fresh_database, free_port  # noqa: E402  (the tests' own helpers)
+from tests.conftest import free_port, fresh_database  # noqa: E402  (the tests' own helpers)
 
 INPUT_SIZE = 24
 
@@ -40,12 +40,26 @@ def timed(fn: Callable[[], httpx.Response]) -> float:
 
 
 def start_api(url: str) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "FORECAST_LOG_LEVEL": "WARNING"}
-    subprocess.run([sys.executable, "-m", "service", "migrate"], env=env, cwd=REPO, check=True, capture_output=True)
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "PYTHONPATH": str(REPO),
+        "FORECAST_LOG_LEVEL": "WARNING",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "service", "migrate"],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port)],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -65,12 +79,16 @@ def ingest_rows(client: httpx.Client, rows: int) -> list[tuple[str, str]]:
     stamps = [datetime(2000, 1, 1, tzinfo=UTC).timestamp() + 3600 * i for i in range(rows)]
     iso = [datetime.fromtimestamp(t, UTC).replace(tzinfo=None).isoformat() for t in stamps]
     csv_body = "ts,value\n" + "".join(f"{t},{i % 977 * 0.5}\n" for i, t in enumerate(iso))
-    json_body = "[" + ",".join(f'{{"ts":"{t}","value":{i % 977 * 0.5}}}' for i, t in enumerate(iso)) + "]"
+    json_body = (
+        "[" + ",".join(f'{{"ts":"{t}","value":{i % 977 * 0.5}}}' for i, t in enumerate(iso)) + "]"
+    )
 
     def upload(series: str, body: str, kind: str) -> float:
-        return timed(lambda: client.post(
-            f"/series/{series}/observations", content=body, headers={"content-type": kind}
-        ))
+        return timed(
+            lambda: client.post(
+                f"/series/{series}/observations", content=body, headers={"content-type": kind}
+            )
+        )
 
     results = []
     for label, series, body, kind in [
@@ -79,8 +97,18 @@ def ingest_rows(client: httpx.Client, rows: int) -> list[tuple[str, str]]:
     ]:
         insert_s = upload(series, body, kind)
         update_s = upload(series, body, kind)
-        results.append((f"ingest {rows:,} rows, {label}, new rows", f"{rows / insert_s:,.0f} rows/s ({insert_s:.2f} s; {len(body) / 1e6:.1f} MB)"))
-        results.append((f"ingest {rows:,} rows, {label}, same rows again (updates)", f"{rows / update_s:,.0f} rows/s ({update_s:.2f} s)"))
+        results.append(
+            (
+                f"ingest {rows:,} rows, {label}, new rows",
+                f"{rows / insert_s:,.0f} rows/s ({insert_s:.2f} s; {len(body) / 1e6:.1f} MB)",
+            )
+        )
+        results.append(
+            (
+                f"ingest {rows:,} rows, {label}, same rows again (updates)",
+                f"{rows / update_s:,.0f} rows/s ({update_s:.2f} s)",
+            )
+        )
     return results
 
 
@@ -94,7 +122,9 @@ def store_series(client: httpx.Client, n: int, length: int) -> dict[str, list[fl
         body = "ts,value\n" + "".join(
             f"{2000 + m // 12}-{m % 12 + 1:02d}-01,{v}\n" for m, v in enumerate(values)
         )
-        client.post(f"/series/{sid}/observations", content=body, headers={"content-type": "text/csv"}).raise_for_status()
+        client.post(
+            f"/series/{sid}/observations", content=body, headers={"content-type": "text/csv"}
+        ).raise_for_status()
     return histories
 
 
@@ -122,22 +152,41 @@ def main() -> None:
                 ids = list(histories)
                 for n, repeats in ((1, args.repeats), (args.series, max(5, args.repeats // 3))):
                     stored = {"series": [{"id": s} for s in ids[:n]], "horizon": 12}
-                    inline = {"series": [{"id": s, "history": histories[s], "start": "2000-01-01", "freq": "MS"} for s in ids[:n]], "horizon": 12}
+                    inline = {
+                        "series": [
+                            {"id": s, "history": histories[s], "start": "2000-01-01", "freq": "MS"}
+                            for s in ids[:n]
+                        ],
+                        "horizon": 12,
+                    }
                     s50, s95 = latency(client, stored, repeats)
                     i50, i95 = latency(client, inline, repeats)
-                    rows.append((f"forecast by id, {n:,} stored series (median / p95)", f"{s50:.1f} / {s95:.1f} ms"))
-                    rows.append((f"same forecast sent inline, {n:,} series (baseline, no database)", f"{i50:.1f} / {i95:.1f} ms ({s50 / i50:.2f}x)"))
+                    rows.append(
+                        (
+                            f"forecast by id, {n:,} stored series (median / p95)",
+                            f"{s50:.1f} / {s95:.1f} ms",
+                        )
+                    )
+                    rows.append(
+                        (
+                            f"same forecast sent inline, {n:,} series (baseline, no database)",
+                            f"{i50:.1f} / {i95:.1f} ms ({s50 / i50:.2f}x)",
+                        )
+                    )
         finally:
             proc.terminate()
             proc.wait(timeout=30)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     lines = [
         f"# Storage benchmark, {datetime.now(UTC):%Y-%m-%d}",
         "",
         f"Machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"PostgreSQL on loopback; one uvicorn worker; commit {commit}. "
-        f"Stored series have {args.history} monthly observations; the model reads the last {INPUT_SIZE}.",
+        f"Stored series have {args.history} monthly observations; "
+        f"the model reads the last {INPUT_SIZE}.",
         "",
         "| measurement | result |",
         "|---|---|",
