@@ -26,7 +26,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import free_port, fresh_database  # noqa: E402  (the tests' own helpers)
+from tests.conftest import fresh_database, start_api_process  # noqa: E402  (the tests' helpers)
 
 INPUT_SIZE = 24
 
@@ -39,38 +39,16 @@ def timed(fn: Callable[[], httpx.Response]) -> float:
     return elapsed
 
 
-def start_api(url: str) -> tuple[subprocess.Popen[bytes], str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "PYTHONPATH": str(REPO),
-        "FORECAST_LOG_LEVEL": "WARNING",
-    }
+def start_api(url: str) -> tuple[subprocess.Popen[str], str]:
+    env = {"DATABASE_URL": url, "FORECAST_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
     subprocess.run(
         [sys.executable, "-m", "service", "migrate"],
-        env=env,
+        env={**os.environ, **env},
         cwd=REPO,
         check=True,
         capture_output=True,
     )
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/health/ready").status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("api did not become ready")
+    return start_api_process(env, REPO)
 
 
 def ingest_rows(client: httpx.Client, rows: int) -> list[tuple[str, str]]:

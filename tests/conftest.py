@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -64,6 +66,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_api_process(
+    env: dict[str, str], cwd: Path, capture: bool = False, timeout_s: float = 60
+) -> tuple[subprocess.Popen[str], str]:
+    """``python -m service serve`` as its own process on a free port, once it is ready.
+
+    Returns the process (stdout+stderr piped when ``capture``) and its base URL.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/health/ready").status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    output = proc.communicate()[0] if capture else ""
+    raise RuntimeError(f"the api did not become ready within {timeout_s} s\n{output}")
 
 
 @contextmanager

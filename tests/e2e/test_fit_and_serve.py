@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 
 from service.bundle import read_bundle
-from tests.conftest import AIR_CSV, REPO, free_port
+from tests.conftest import AIR_CSV, REPO, start_api_process
 
 pytestmark = pytest.mark.slow
 
@@ -105,27 +104,10 @@ def test_mlflow_run_has_params_loss_curves_metrics_plot_and_a_registered_version
 
 def test_api_process_serves_the_new_bundle_and_never_loads_torch(trained):
     work, _ = trained
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FORECAST_BUNDLE_DIR": str(work / "bundle")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port)],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc, base = start_api_process(
+        {"FORECAST_BUNDLE_DIR": str(work / "bundle")}, work, capture=True
     )
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "api did not become ready"
-            time.sleep(0.2)
         history = pd.read_csv(AIR_CSV)["y"].tolist()
         response = httpx.post(
             f"{base}/forecast",
