@@ -78,13 +78,26 @@ def summarize(df: pd.DataFrame, source: str | Path) -> TrainingDataSummary:
     )
 
 
+def left_pad(values: np.ndarray, length: int) -> np.ndarray:
+    """Repeat the first value in front until ``values`` is ``length`` long (if it is shorter)."""
+    missing = length - len(values)
+    if missing <= 0:
+        return values
+    return np.concatenate([np.full(missing, values[0], values.dtype), values])
+
+
 def sliding_windows(
-    values: np.ndarray, input_size: int, horizon: int
+    values: np.ndarray, input_size: int, horizon: int, min_observed: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every (input, target) pair in one series: inputs (N, L), targets (N, H).
 
-    N = len(values) - L - H + 1; window i reads values[i : i+L] and targets the next H.
+    Window i reads values[i : i+L] and targets the next H. With ``min_observed`` < L, windows
+    may also start before the series does: their inputs are left-padded with the first value
+    and hold at least ``min_observed`` real ones. That is how a global model learns from
+    series shorter than L + H (most of M3's are), as N-BEATS does.
     """
+    if min_observed is not None and min_observed < input_size:
+        values = left_pad(values, len(values) + input_size - min_observed)
     n = len(values) - input_size - horizon + 1
     if n <= 0:
         empty = np.empty((0, input_size), np.float32), np.empty((0, horizon), np.float32)
@@ -111,24 +124,29 @@ class Split:
     insample: list[np.ndarray]  # per series: everything before the holdout (for MASE, naive)
 
 
-def holdout_split(series: dict[str, np.ndarray], input_size: int, horizon: int) -> Split:
-    need = input_size + 3 * horizon  # at least one training window, plus validation and test
+def holdout_split(
+    series: dict[str, np.ndarray], input_size: int, horizon: int, min_observed: int | None = None
+) -> Split:
+    """``min_observed`` < input_size admits series shorter than input_size + 3 * horizon; their
+    windows are left-padded (see sliding_windows)."""
+    observed = input_size if min_observed is None else min(min_observed, input_size)
+    need = observed + 3 * horizon  # at least one training window, plus validation and test
     short = [uid for uid, v in series.items() if len(v) < need]
     if short:
         raise DataError(
-            f"{len(short)} series have fewer than input_size + 3*horizon = {need} values "
+            f"{len(short)} series have fewer than {observed} + 3*horizon = {need} values "
             f"(e.g. {short[:3]}); use a smaller --input-size or drop them"
         )
     train_x, train_y, val_x, val_y, test_x, test_y, insample = [], [], [], [], [], [], []
     for values in series.values():
         before_test = values[:-horizon]
         before_val = before_test[:-horizon]
-        x, y = sliding_windows(before_val, input_size, horizon)
+        x, y = sliding_windows(before_val, input_size, horizon, observed)
         train_x.append(x)
         train_y.append(y)
-        val_x.append(before_val[-input_size:])
+        val_x.append(left_pad(before_val, input_size)[-input_size:])
         val_y.append(before_test[-horizon:])
-        test_x.append(before_test[-input_size:])
+        test_x.append(left_pad(before_test, input_size)[-input_size:])
         test_y.append(values[-horizon:])
         insample.append(before_test)
     return Split(

@@ -35,7 +35,7 @@ def test_holdout_split_by_hand():
 
 
 def test_holdout_split_refuses_short_series():
-    with pytest.raises(DataError, match="fewer than input_size"):
+    with pytest.raises(DataError, match="fewer than 3 \+ 3\*horizon"):
         holdout_split({"a": np.arange(8, dtype=np.float32)}, input_size=3, horizon=2)
 
 
@@ -74,3 +74,22 @@ def test_loader_names_what_is_wrong(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(DataError, match=message):
         load_long_csv(path, freq="MS")
+
+
+def test_padded_windows_by_hand():
+    x, y = sliding_windows(np.arange(1, 6, dtype=np.float32), input_size=3, horizon=2, min_observed=1)
+    # padded to [1, 1, 1, 2, 3, 4, 5]: windows keep >= 1 real input and real targets
+    np.testing.assert_array_equal(x, [[1, 1, 1], [1, 1, 2], [1, 2, 3]])
+    np.testing.assert_array_equal(y, [[2, 3], [3, 4], [4, 5]])
+
+
+def test_holdout_split_pads_short_series_when_allowed():
+    values = np.arange(1, 9, dtype=np.float32)  # 8 values, L=4, H=2: too short unpadded
+    with pytest.raises(DataError):
+        holdout_split({"a": values}, input_size=4, horizon=2)
+    split = holdout_split({"a": values}, input_size=4, horizon=2, min_observed=2)
+    np.testing.assert_array_equal(split.test_x, [[3, 4, 5, 6]])
+    np.testing.assert_array_equal(split.val_x, [[1, 2, 3, 4]])
+    # Training targets stop before the validation targets (5, 6): one padded window fits.
+    np.testing.assert_array_equal(split.train_x, [[1, 1, 1, 2]])
+    np.testing.assert_array_equal(split.train_y, [[3, 4]])
