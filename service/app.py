@@ -8,12 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.bundle import BundleError
 from service.config import Settings
 from service.db.session import build_engine, build_sessionmaker
 from service.errors import register_error_handlers
-from service.inference import load_forecaster
 from service.limits import BodySizeLimit
+from service.model_set import ModelSet, load_model_set
 from service.routes import forecast, health, series
 
 logger = logging.getLogger(__name__)
@@ -32,16 +31,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # A bundle that can't be served leaves the process up (live) but not ready, with the
-        # reason in /health/ready, so an orchestrator reports it instead of crash-looping.
-        try:
-            app.state.forecaster = load_forecaster(
-                str(settings.bundle_dir), settings.provider, settings.intra_op_threads
-            )
-            app.state.model_error = None
-        except BundleError as exc:
-            logger.error("model not loaded: %s", exc)
-            app.state.forecaster, app.state.model_error = None, str(exc)
+        # Bundles that can't be served are refused and logged; with none loaded the process
+        # stays up (live) but not ready, with the reasons in /health/ready, so an orchestrator
+        # reports it instead of crash-looping.
+        app.state.models = load_model_set(
+            settings.models_dir,
+            settings.provider,
+            settings.intra_op_threads,
+            settings.default_models,
+        )
         # The engine connects lazily: the api starts (and reports why it isn't ready) even
         # while the database is down. The schema comes from `python -m service migrate`.
         engine = build_engine(settings.database_url)
@@ -57,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.forecaster, app.state.model_error = None, "starting up"
+    app.state.models = ModelSet(models={}, refused={"": "starting up"})
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     register_error_handlers(app)
     app.include_router(health.router)

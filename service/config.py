@@ -25,9 +25,15 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: unset, a SQLite file under var/; for PostgreSQL "
         "postgresql+psycopg://user:password@host:5432/dbname.",
     )
-    bundle_dir: Path = Field(
-        default=Path("models/air_passengers"),
-        description="Model bundle folder (model.onnx + manifest.json) served by the api.",
+    models_dir: Path = Field(
+        default=Path("models"),
+        description="Folder of model bundles (one sub-folder each: model.onnx + manifest.json); "
+        "the api loads them all and routes each series by its frequency.",
+    )
+    default_models: dict[str, str] = Field(
+        default={"MS": "m3_monthly", "QS": "m3_quarterly"},
+        description="Which model serves a frequency when several do (JSON: alias -> name); "
+        "a missing name falls back to the first model by name.",
     )
     provider: Provider = Field(
         default="auto",

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.errors import ModelNotReady
-from service.inference import Forecaster
+from service.model_set import ModelSet
 
 
 def get_settings(request: Request) -> Settings:
@@ -18,11 +18,11 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_forecaster(request: Request) -> Forecaster:
-    forecaster: Forecaster | None = request.app.state.forecaster
-    if forecaster is None:
-        raise ModelNotReady(f"no model is loaded: {request.app.state.model_error}")
-    return forecaster
+def get_models(request: Request) -> ModelSet:
+    models: ModelSet = request.app.state.models
+    if not models.models:
+        raise ModelNotReady(f"no model is loaded: {models.refused}")
+    return models
 
 
 def get_sessions(request: Request) -> sessionmaker[Session]:
@@ -36,6 +36,6 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ForecasterDep = Annotated[Forecaster, Depends(get_forecaster)]
+ModelsDep = Annotated[ModelSet, Depends(get_models)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -52,6 +52,14 @@ class FrequencyNotServed(InvalidInput):
     type = "frequency_not_served"
 
 
+class UnknownModel(InvalidInput):
+    type = "unknown_model"
+
+
+class QuantileNotServed(InvalidInput):
+    type = "quantile_not_served"
+
+
 class LimitExceeded(InvalidInput):
     type = "limit_exceeded"
 

@@ -1,32 +1,37 @@
-"""From a validated request to forecasts: check it against the model, batch, infer, label.
+"""From a validated request to forecasts: route each series to a model, check it, batch,
+infer, label.
 
-The steps are separate so that the route can run the inference (the only CPU-heavy part)
-off the event loop when the batch is large.
+Each series gets a plan (which model, which values, which timestamps, model or fallback);
+then every model runs one batched inference over its series.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.baselines import seasonal_naive
 from service.config import Settings
 from service.db import repository
 from service.db.repository import StoredWindow
 from service.errors import (
-    FrequencyNotServed,
     HistoryGap,
     HistoryTooShort,
     HorizonTooLong,
     InvalidInput,
     LimitExceeded,
     Loc,
+    QuantileNotServed,
     SeriesNotFound,
     UnknownFrequency,
 )
 from service.inference import Forecaster
+from service.model_set import ModelSet
 from service.schemas import ForecastRequest, ModelRef, SeriesForecast, SeriesInput
 from service.timeindex import (
     format_timestamps,
@@ -42,82 +47,114 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
-class PreparedBatch:
-    """Model inputs for one request: windows (B, L) and each series' future timestamps."""
+class Plan:
+    """How one series of the request is answered."""
 
-    ids: list[str]
-    windows: np.ndarray
-    future: list[tuple[str, ...]]  # per series: the labels of the forecast timestamps
-    horizon: int
+    index: int
+    series_id: str
+    forecaster: Forecaster
+    values: Sequence[float]  # the history the forecast reads (at most the model's window)
+    labels: tuple[str, ...]  # timestamps of the forecast steps
+    fallback: str | None  # None: the model; else "seasonal_naive" or "naive"
+    stored: bool
 
 
-def prepare(
+def plan_request(
     request: ForecastRequest,
-    forecaster: Forecaster,
+    models: ModelSet,
     settings: Settings,
     stored: dict[str, StoredWindow] | None = None,
-) -> PreparedBatch:
-    """Check every series against the model and limits; raise the first problem found.
-
-    ``stored`` holds the latest windows of the request's stored series (by id).
-    """
-    m = forecaster.manifest
+) -> list[Plan]:
+    """Route and check every series; raise the first problem found (its loc names it)."""
     if len(request.series) > settings.max_series_per_request:
         raise LimitExceeded(
             f"{len(request.series)} series in one request; the limit is "
             f"{settings.max_series_per_request} (FORECAST_MAX_SERIES_PER_REQUEST)",
             ("body", "series"),
         )
+    named = models.named(request.model, ("body", "model")) if request.model else None
+    plans = []
+    for i, series in enumerate(request.series):
+        loc: Loc = ("body", "series", i)
+        if series.is_stored:
+            window = (stored or {})[series.id]
+            plans.append(_plan_stored(i, window, request, models, named, loc))
+        else:
+            plans.append(_plan_inline(i, series, request, models, named, settings, loc))
+    return plans
+
+
+def _route(
+    freq: str | None, request: ForecastRequest, models: ModelSet, named: Forecaster | None, loc: Loc
+) -> tuple[Forecaster, str]:
+    """The model for a series of frequency ``freq`` (checked), and that frequency."""
+    freq = freq or (named.manifest.frequency if named else None)
+    if freq is None:
+        raise InvalidInput(
+            f"freq is required (the models serve {models.served_frequencies}), or name a model",
+            loc,
+        )
+    try:
+        parse_frequency(freq)
+    except ValueError as exc:
+        raise UnknownFrequency(str(exc), loc) from exc
+    forecaster = named or models.for_frequency(freq, loc)
+    m = forecaster.manifest
+    if m.frequency is not None and not same_frequency(freq, m.frequency):
+        raise UnknownFrequency(
+            f"frequency {freq!r} is not served by model {m.name!r}, which serves {m.frequency!r}",
+            loc,
+        )
     if request.horizon > m.horizon:
         raise HorizonTooLong(
             f"horizon {request.horizon} exceeds model {m.name!r}'s horizon of {m.horizon}",
             ("body", "horizon"),
         )
-    windows = np.empty((len(request.series), m.input_size), dtype=np.float32)  # (B, L)
-    future = []
-    for i, series in enumerate(request.series):
-        loc = ("body", "series", i)
-        if series.is_stored:
-            window, index = _stored_window(
-                (stored or {})[series.id], forecaster, request.horizon, loc
+    for q in request.requested_quantiles():
+        if not any(math.isclose(q, have, abs_tol=1e-9) for have in m.quantiles):
+            raise QuantileNotServed(
+                f"quantile {q:g} is not served by model {m.name!r}; it has {m.quantiles}",
+                (
+                    "body",
+                    "level"
+                    if request.level and q not in (request.quantiles or [])
+                    else "quantiles",
+                ),
             )
-        else:
-            window, index = _inline_window(series, forecaster, settings, request.horizon, loc)
-        if max(abs(v) for v in window) > FLOAT32_MAX:
-            raise InvalidInput(
-                f"history values must lie within +-{FLOAT32_MAX:.3e} (float32)", (*loc, "history")
-            )
-        windows[i] = window
-        future.append(index)
-    return PreparedBatch(
-        ids=[s.id for s in request.series], windows=windows, future=future, horizon=request.horizon
-    )
+    return forecaster, freq
 
 
-def _served_frequency(freq: str | None, forecaster: Forecaster, loc: Loc) -> str:
-    """The series' frequency (default: the model's), once checked that the model serves it."""
+def _fallback(n: int, forecaster: Forecaster, strict: bool, what: str, loc: Loc) -> str | None:
+    """None when the model can read the history, else the baseline that answers instead."""
     m = forecaster.manifest
-    freq = freq or m.frequency
-    if freq is None:
-        raise InvalidInput("freq is required: the model has no fixed frequency", loc)
-    try:
-        parse_frequency(freq)
-    except ValueError as exc:
-        raise UnknownFrequency(str(exc), loc) from exc
-    if m.frequency is not None and not same_frequency(freq, m.frequency):
-        raise FrequencyNotServed(
-            f"frequency {freq!r} is not served; model {m.name!r} serves {m.frequency!r}", loc
+    if n >= m.input_size:
+        return None
+    if strict:
+        raise HistoryTooShort(
+            f"{what} has {n} values; model {m.name!r} needs at least {m.input_size} "
+            "(strict mode; without it a seasonal-naive forecast answers)",
+            loc,
         )
-    return freq
+    return "seasonal_naive" if n >= m.seasonal_period else "naive"
 
 
-def _inline_window(
-    series: SeriesInput, forecaster: Forecaster, settings: Settings, horizon: int, loc: Loc
-) -> tuple[list[float], tuple[str, ...]]:
-    m = forecaster.manifest
+def _check_range(values: Sequence[float], loc: Loc) -> None:
+    if max(abs(v) for v in values) > FLOAT32_MAX:
+        raise InvalidInput(f"history values must lie within +-{FLOAT32_MAX:.3e} (float32)", loc)
+
+
+def _plan_inline(
+    index: int,
+    series: SeriesInput,
+    request: ForecastRequest,
+    models: ModelSet,
+    named: Forecaster | None,
+    settings: Settings,
+    loc: Loc,
+) -> Plan:
     history, start = series.history or [], series.start
     assert start is not None  # SeriesInput guarantees it for inline series
-    freq = _served_frequency(series.freq, forecaster, (*loc, "freq"))
+    forecaster, freq = _route(series.freq, request, models, named, (*loc, "freq"))
     if not is_on_frequency(start, parse_frequency(freq)):
         raise InvalidInput(
             f"start {start.isoformat()} does not fall on frequency {freq!r}", (*loc, "start")
@@ -129,106 +166,137 @@ def _inline_window(
             "(FORECAST_MAX_HISTORY_LENGTH)",
             (*loc, "history"),
         )
-    if n < m.input_size:
-        raise HistoryTooShort(
-            f"history has {n} values; model {m.name!r} needs at least {m.input_size}",
-            (*loc, "history"),
-        )
-    return history[-m.input_size :], future_labels(step_from(start, n - 1, freq), horizon, freq)
+    fallback = _fallback(n, forecaster, request.strict, "history", (*loc, "history"))
+    values = history[-forecaster.manifest.input_size :]
+    _check_range(values, (*loc, "history"))
+    labels = future_labels(step_from(start, n - 1, freq), request.horizon, freq)
+    return Plan(index, series.id, forecaster, values, labels, fallback, stored=False)
 
 
-def _stored_window(
-    stored: StoredWindow, forecaster: Forecaster, horizon: int, loc: Loc
-) -> tuple[list[float], tuple[str, ...]]:
-    m = forecaster.manifest
-    freq = _served_frequency(stored.frequency, forecaster, (*loc, "id"))
-    n = len(stored.values)
-    if n < m.input_size:
+def _plan_stored(
+    index: int,
+    window: StoredWindow,
+    request: ForecastRequest,
+    models: ModelSet,
+    named: Forecaster | None,
+    loc: Loc,
+) -> Plan:
+    forecaster, freq = _route(window.frequency, request, models, named, (*loc, "id"))
+    n = len(window.values)
+    if n == 0:
         raise HistoryTooShort(
-            f"stored series {stored.series_id!r} has {n} observations; model {m.name!r} needs "
-            f"at least {m.input_size}",
-            (*loc, "id"),
+            f"stored series {window.series_id!r} has no observations", (*loc, "id")
         )
-    # The window must be the last L periods with none missing: a gap would shift every value
-    # after it by one period and the forecast would be silently wrong.
-    expected = window_index(stored.ts[-1], m.input_size, freq)
-    if tuple(stored.ts) != expected:
-        present = set(stored.ts)
+    what = f"stored series {window.series_id!r}"
+    fallback = _fallback(n, forecaster, request.strict, what, (*loc, "id"))
+    # The window (read at the largest input size of all models) cut to this model's, then
+    # checked: consecutive periods with none missing. A gap would shift every value after it
+    # by one period and the forecast would be silently wrong.
+    size = min(n, forecaster.manifest.input_size)
+    ts, values = window.ts[-size:], window.values[-size:]
+    expected = window_index(ts[-1], size, freq)
+    if tuple(ts) != expected:
+        present = set(ts)
         missing = [t for t in expected if t not in present]
         raise HistoryGap(
-            f"stored series {stored.series_id!r} has no observation at "
-            f"{format_timestamps(missing[:1])[0]} ({len(missing)} missing) within the model's "
-            f"input window: the last {m.input_size} periods up to "
+            f"{what} has no observation at {format_timestamps(missing[:1])[0]} "
+            f"({len(missing)} missing) within the model's input window: the last "
+            f"{forecaster.manifest.input_size} periods up to "
             f"{format_timestamps([expected[-1]])[0]}; upload them, then ask again",
             (*loc, "id"),
         )
-    return stored.values, future_labels(stored.ts[-1], horizon, freq)
+    _check_range(values, (*loc, "id"))
+    labels = future_labels(ts[-1], request.horizon, freq)
+    return Plan(index, window.series_id, forecaster, values, labels, fallback, stored=True)
 
 
-def label(batch: PreparedBatch, forecaster: Forecaster, output: np.ndarray) -> list[SeriesForecast]:
-    """Quantile output (B, H, Q) -> one point forecast per series, with its timestamps."""
-    m = forecaster.manifest
-    point = output[:, : batch.horizon, m.point_quantile_index]  # (B, horizon)
-    bad = np.flatnonzero(~np.isfinite(point).all(axis=1))
-    if bad.size:  # e.g. values near float32's limit overflow the window statistics
-        raise InvalidInput(
-            "the model produced non-finite forecasts; the history's values are out of the range "
-            "it can scale",
-            ("body", "series", int(bad[0]), "history"),
-        )
-    model = ModelRef(name=m.name, version=m.version)
-    return [
-        SeriesForecast(
-            id=series_id,
-            model=model,
-            timestamps=list(batch.future[i]),
-            values=point[i].astype(float).tolist(),
-        )
-        for i, series_id in enumerate(batch.ids)
-    ]
+def infer(plans: list[Plan], request: ForecastRequest) -> list[SeriesForecast]:
+    """One batched inference per model over its series; baselines for the fallbacks."""
+    results: list[SeriesForecast | None] = [None] * len(plans)
+    horizon, wanted = request.horizon, request.requested_quantiles()
+    by_model: dict[str, list[Plan]] = {}
+    for plan in plans:
+        if plan.fallback is None:
+            by_model.setdefault(plan.forecaster.manifest.name, []).append(plan)
+        else:
+            m = plan.forecaster.manifest
+            values = seasonal_naive(
+                np.asarray(plan.values, dtype=np.float64), horizon, m.seasonal_period
+            )
+            results[plan.index] = SeriesForecast(
+                id=plan.series_id,
+                method=plan.fallback,
+                model=None,
+                timestamps=list(plan.labels),
+                values=values.tolist(),
+            )
+    for group in by_model.values():
+        forecaster = group[0].forecaster
+        m = forecaster.manifest
+        windows = np.asarray([p.values for p in group], dtype=np.float32)  # (B, L)
+        output = forecaster.predict(windows)[:, :horizon]  # (B, horizon, Q)
+        bad = np.flatnonzero(~np.isfinite(output).all(axis=(1, 2)))
+        if bad.size:  # e.g. values near float32's limit overflow the window statistics
+            raise InvalidInput(
+                "the model produced non-finite forecasts; the history's values are out of the "
+                "range it can scale",
+                ("body", "series", group[int(bad[0])].index, "history"),
+            )
+        columns = {f"{q:g}": _quantile_index(m.quantiles, q) for q in wanted}
+        model = ModelRef(name=m.name, version=m.version)
+        for row, plan in enumerate(group):
+            results[plan.index] = SeriesForecast(
+                id=plan.series_id,
+                method="model",
+                model=model,
+                timestamps=list(plan.labels),
+                values=output[row, :, m.point_quantile_index].astype(float).tolist(),
+                quantiles={k: output[row, :, c].astype(float).tolist() for k, c in columns.items()}
+                if wanted
+                else None,
+            )
+    return [r for r in results if r is not None]
+
+
+def _quantile_index(quantiles: list[float], q: float) -> int:
+    return next(i for i, have in enumerate(quantiles) if math.isclose(q, have, abs_tol=1e-9))
 
 
 def run_forecast(
     request: ForecastRequest,
-    forecaster: Forecaster,
+    models: ModelSet,
     settings: Settings,
     sessions: sessionmaker[Session],
 ) -> list[SeriesForecast]:
-    """Validate, run one batched inference for every series, and label the result.
-
-    Stored series are read in one query, and their forecasts are logged before the response
-    goes out. Runs synchronously: the route calls it in a worker thread when it touches the
-    database or the batch is large.
-    """
+    """Plan, infer and, for stored series, log. Runs synchronously: the route calls it in a
+    worker thread when it touches the database or the batch is large."""
     stored_ids = [s.id for s in request.series if s.is_stored]
     if not stored_ids:
-        batch = prepare(request, forecaster, settings)
-        return label(batch, forecaster, forecaster.predict(batch.windows))
+        return infer(plan_request(request, models, settings), request)
     with sessions() as session:
         try:
-            stored = repository.latest_windows(
-                session, series_ids=stored_ids, size=forecaster.manifest.input_size
-            )
+            size = max(f.manifest.input_size for f in models.models.values())
+            stored = repository.latest_windows(session, series_ids=stored_ids, size=size)
         except SeriesNotFound as exc:
             index = next(i for i, s in enumerate(request.series) if s.id == exc.series_id)
             raise SeriesNotFound(exc.series_id, ("body", "series", index, "id")) from None
-        batch = prepare(request, forecaster, settings, stored)
-        forecasts = label(batch, forecaster, forecaster.predict(batch.windows))
-        m = forecaster.manifest
+        plans = plan_request(request, models, settings, stored)
+        forecasts = infer(plans, request)
+        now = datetime.now(UTC)
         repository.record_forecasts(
             session,
             rows=[
                 {
                     "series_id": f.id,
-                    "model_name": m.name,
-                    "model_version": m.version,
-                    "issued_at": datetime.now(UTC),
-                    "horizon": batch.horizon,
+                    "model_name": f.model.name if f.model else f.method,
+                    "model_version": f.model.version if f.model else "-",
+                    "issued_at": now,
+                    "horizon": request.horizon,
                     "target_ts": f.timestamps,
                     "values": f.values,
                 }
-                for f, series in zip(forecasts, request.series, strict=True)
-                if series.is_stored
+                for f, plan in zip(forecasts, plans, strict=True)
+                if plan.stored
             ],
         )
     return forecasts

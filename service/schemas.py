@@ -90,6 +90,31 @@ class ForecastRequest(BaseModel):
 
     series: list[SeriesInput] = Field(min_length=1)
     horizon: int = Field(ge=1, description="Steps to forecast; at most the model's horizon.")
+    model: str | None = Field(
+        default=None,
+        description="Serve every series with this model; default: the model for each "
+        "series' frequency.",
+    )
+    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(
+        default=None, description="Quantiles to return beside the point forecast, e.g. [0.1, 0.9]."
+    )
+    level: list[Annotated[float, Field(gt=0, lt=100)]] | None = Field(
+        default=None,
+        description="Central prediction intervals in percent, e.g. [80] returns quantiles 0.1 "
+        "and 0.9.",
+    )
+    strict: bool = Field(
+        default=False,
+        description="Refuse (422) a series shorter than the model's input window instead of "
+        "answering it with a seasonal-naive forecast.",
+    )
+
+    def requested_quantiles(self) -> list[float]:
+        """Explicit quantiles plus the bounds of each level, sorted, without duplicates."""
+        wanted = set(self.quantiles or [])
+        for level in self.level or []:
+            wanted |= {round(0.5 - level / 200, 10), round(0.5 + level / 200, 10)}
+        return sorted(wanted)
 
 
 class ModelRef(BaseModel):
@@ -99,9 +124,17 @@ class ModelRef(BaseModel):
 
 class SeriesForecast(BaseModel):
     id: str
-    model: ModelRef
+    method: str = Field(
+        description="What produced the values: 'model', or 'seasonal_naive' / 'naive' for a "
+        "history shorter than the model's input window."
+    )
+    model: ModelRef | None = Field(description="The model version; null for a fallback method.")
     timestamps: list[str]
     values: list[float]
+    quantiles: dict[str, list[float]] | None = Field(
+        default=None,
+        description='Requested quantiles by level, e.g. {"0.1": [...]} (model forecasts only).',
+    )
 
 
 class ForecastResponse(BaseModel):
@@ -112,10 +145,22 @@ class Liveness(BaseModel):
     status: str = "alive"
 
 
+class LoadedModel(BaseModel):
+    name: str
+    version: str
+    frequency: str | None
+    input_size: int
+    horizon: int
+    quantiles: list[float]
+    provider: str
+
+
 class Readiness(BaseModel):
     status: str
-    model: ModelRef | None = None
-    provider: str | None = None
+    models: list[LoadedModel] | None = None
+    refused: dict[str, str] | None = Field(
+        default=None, description="Bundle folders not loaded, and why."
+    )
     reason: str | None = None
 
 

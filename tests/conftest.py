@@ -26,7 +26,8 @@ from service.db import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 AIR_CSV = REPO / "data" / "air_passengers.csv"
-AIR_BUNDLE = REPO / "models" / "air_passengers"
+MODELS = REPO / "models"
+AIR_BUNDLE = MODELS / "air_passengers"
 
 
 # An admin connection that may create and drop databases (this machine: trust auth).
@@ -147,7 +148,13 @@ def clean_tables(database_url: str) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(bundle_dir=AIR_BUNDLE, provider="auto", database_url=database_url)
+    # Every shipped bundle is loaded; AirPassengers serves monthly series in these tests.
+    return Settings(
+        models_dir=MODELS,
+        default_models={"MS": "air_passengers"},
+        provider="auto",
+        database_url=database_url,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,15 @@ from training.model import ForecasterConfig
 from training.pipeline import FitOptions, run_fit
 from training.train import TrainConfig
 
-DEFAULT_MODEL, DEFAULT_TRAIN = ForecasterConfig(input_size=24, horizon=1), TrainConfig()
+DEFAULT_MODEL = ForecasterConfig(input_size=24, horizon=1, quantiles=(0.1, 0.5, 0.9))
+DEFAULT_TRAIN = TrainConfig()
+
+
+def _quantiles(text: str) -> tuple[float, ...]:
+    values = tuple(sorted(float(v) for v in text.split(",")))
+    if not values or not all(0 < q < 1 for q in values):
+        raise argparse.ArgumentTypeError(f"quantiles must lie strictly between 0 and 1: {text}")
+    return values
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--hidden-size", type=int, default=DEFAULT_MODEL.hidden_size)
     fit.add_argument("--num-layers", type=int, default=DEFAULT_MODEL.num_layers)
     fit.add_argument("--dropout", type=float, default=DEFAULT_MODEL.dropout)
+    fit.add_argument(
+        "--quantiles",
+        type=_quantiles,
+        default=DEFAULT_MODEL.quantiles,
+        help="comma-separated quantiles trained with pinball loss (default 0.1,0.5,0.9)",
+    )
+    fit.add_argument("--transform", choices=["none", "log"], default=DEFAULT_MODEL.transform)
     fit.add_argument("--max-epochs", type=int, default=DEFAULT_TRAIN.max_epochs)
     fit.add_argument("--batch-size", type=int, default=DEFAULT_TRAIN.batch_size)
     fit.add_argument("--learning-rate", type=float, default=DEFAULT_TRAIN.learning_rate)
@@ -75,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                 hidden_size=args.hidden_size,
                 num_layers=args.num_layers,
                 dropout=args.dropout,
+                quantiles=args.quantiles,
+                transform=args.transform,
             ),
             train=TrainConfig(
                 max_epochs=args.max_epochs,

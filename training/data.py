@@ -125,10 +125,16 @@ class Split:
 
 
 def holdout_split(
-    series: dict[str, np.ndarray], input_size: int, horizon: int, min_observed: int | None = None
+    series: dict[str, np.ndarray],
+    input_size: int,
+    horizon: int,
+    min_observed: int | None = None,
+    recent_windows: int | None = None,
 ) -> Split:
     """``min_observed`` < input_size admits series shorter than input_size + 3 * horizon; their
-    windows are left-padded (see sliding_windows)."""
+    windows are left-padded (see sliding_windows). ``recent_windows`` keeps only each series'
+    latest training windows: every series then weighs about the same, and recent behaviour
+    counts most (N-BEATS's history limit on M3 and M4)."""
     observed = input_size if min_observed is None else min(min_observed, input_size)
     need = observed + 3 * horizon  # at least one training window, plus validation and test
     short = [uid for uid, v in series.items() if len(v) < need]
@@ -142,6 +148,8 @@ def holdout_split(
         before_test = values[:-horizon]
         before_val = before_test[:-horizon]
         x, y = sliding_windows(before_val, input_size, horizon, observed)
+        if recent_windows is not None:
+            x, y = x[-recent_windows:], y[-recent_windows:]
         train_x.append(x)
         train_y.append(y)
         val_x.append(left_pad(before_val, input_size)[-input_size:])

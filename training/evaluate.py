@@ -10,6 +10,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from service.baselines import seasonal_naive
+
+__all__ = ["mae", "mase", "rmse", "score", "seasonal_naive", "smape"]
+
 
 def mae(y: np.ndarray, yhat: np.ndarray) -> float:
     return float(np.mean(np.abs(y - yhat)))
@@ -34,13 +38,6 @@ def mase(y: np.ndarray, yhat: np.ndarray, insample: np.ndarray, m: int) -> float
         raise ValueError(f"MASE needs more than m={m} in-sample values, got {len(insample)}")
     scale = np.mean(np.abs(insample[m:] - insample[:-m]))
     return float(mae(y, yhat) / scale) if scale > 0 else float("nan")
-
-
-def seasonal_naive(insample: np.ndarray, horizon: int, m: int) -> np.ndarray:
-    """Repeat the last full season: yhat[t] = y[T - m + (t mod m)]."""
-    last_season = insample[-m:] if len(insample) >= m else insample[-1:]
-    reps = int(np.ceil(horizon / len(last_season)))
-    return np.tile(last_season, reps)[:horizon]
 
 
 METRICS = ("mae", "rmse", "smape", "mase")

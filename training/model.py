@@ -22,6 +22,7 @@ class ForecasterConfig:
     hidden_size: int = 64
     num_layers: int = 2
     dropout: float = 0.1  # between stacked layers, as in the seeds' stacked LSTM
+    transform: Literal["none", "log"] = "none"  # log: for positive, multiplicative series
     scale_eps: float = 1e-5
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,13 +48,12 @@ class WindowScaler(nn.Module):
         super().__init__()
         self.eps = eps
 
-    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw (B, L) float32 -> scaled (B, L) float32, loc (B, 1) and scale (B, 1) float64."""
-        y64 = y.double()
-        loc = y64.mean(dim=1, keepdim=True)  # (B, 1)
+    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L) float64 -> scaled (B, L) float32, loc (B, 1) and scale (B, 1) float64."""
+        loc = v.mean(dim=1, keepdim=True)  # (B, 1)
         # Population std, plus eps so that a flat window maps to zeros instead of NaN.
-        scale = (y64 - loc).square().mean(dim=1, keepdim=True).sqrt() + self.eps  # (B, 1)
-        return ((y64 - loc) / scale).float(), loc, scale
+        scale = (v - loc).square().mean(dim=1, keepdim=True).sqrt() + self.eps  # (B, 1)
+        return ((v - loc) / scale).float(), loc, scale
 
 
 class RecurrentForecaster(nn.Module):
@@ -71,16 +71,31 @@ class RecurrentForecaster(nn.Module):
         )
         self.head = nn.Linear(config.hidden_size, config.horizon * len(config.quantiles))
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Raw windows (B, L) -> raw-scale quantile forecasts (B, H, Q)."""
-        z, loc, scale = self.scaler(y)  # (B, L), (B, 1), (B, 1)
+    def _transform(self, y: torch.Tensor) -> torch.Tensor:
+        return y.double().log() if self.config.transform == "log" else y.double()
+
+    def forward_scaled(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw windows (B, L) -> quantiles on the window's scale (B, H, Q), loc and scale."""
+        z, loc, scale = self.scaler(self._transform(y))  # (B, L), (B, 1), (B, 1)
         states, _ = self.rnn(z.unsqueeze(-1))  # (B, L, hidden)
         last = states[:, -1]  # (B, hidden): the encoder's summary of the window
-        q = self.head(last).reshape(
-            -1, self.config.horizon, len(self.config.quantiles)
-        )  # (B, H, Q)
+        q = self.head(last).reshape(-1, self.config.horizon, len(self.config.quantiles))
+        if len(self.config.quantiles) > 1:
+            q = torch.sort(q, dim=-1).values  # quantiles never cross
+        return q, loc, scale  # (B, H, Q)
+
+    def scale_target(
+        self, target: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """Raw targets (B, H) -> the scale forward_scaled predicts on (B, H), float32."""
+        return ((self._transform(target) - loc) / scale).float()
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Raw windows (B, L) -> raw-scale quantile forecasts (B, H, Q)."""
+        q, loc, scale = self.forward_scaled(y)
         # Rescale in float64 and round once, so both runtimes agree to within one ulp.
-        return (q.double() * scale.unsqueeze(-1) + loc.unsqueeze(-1)).float()
+        out = q.double() * scale.unsqueeze(-1) + loc.unsqueeze(-1)  # (B, H, Q)
+        return (out.exp() if self.config.transform == "log" else out).float()
 
 
 @dataclass

@@ -52,23 +52,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pinball_loss(
-    pred: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, quantiles: torch.Tensor
-) -> torch.Tensor:
-    """Mean quantile loss on the per-window scale.
+def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Mean quantile (pinball) loss. pred (B, H, Q), target (B, H), quantiles (Q,).
 
-    pred (B, H, Q), target (B, H), scale (B, 1), quantiles (Q,). Dividing by each window's
-    scale weighs all series equally, whatever their level; for q=0.5 this is half the MAE.
+    Both are on each window's own scale, so every series weighs the same whatever its level;
+    for q=0.5 this is half the mean absolute error.
     """
-    error = ((target.unsqueeze(-1) - pred) / scale.unsqueeze(-1)).float()  # (B, H, Q)
+    error = target.unsqueeze(-1) - pred  # (B, H, Q)
     return torch.maximum(quantiles * error, (quantiles - 1) * error).mean()
 
 
 def _loss(
     model: RecurrentForecaster, x: torch.Tensor, y: torch.Tensor, q: torch.Tensor
 ) -> torch.Tensor:
-    _, _, scale = model.scaler(x)
-    return pinball_loss(model(x), y, scale, q)
+    pred, loc, scale = model.forward_scaled(x)
+    return pinball_loss(pred, model.scale_target(y, loc, scale), q)
 
 
 def fit(

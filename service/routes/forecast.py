@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import ForecasterDep, SessionsDep, SettingsDep
+from service.deps import ModelsDep, SessionsDep, SettingsDep
 from service.errors import ServiceError
 from service.forecasting import run_forecast
 from service.schemas import SERIES_ID_PATTERN, ForecastRequest, ForecastResponse, SeriesInput
@@ -23,7 +23,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/forecast", response_model=ForecastResponse, responses=ERRORS)
 async def forecast(
-    body: ForecastRequest, forecaster: ForecasterDep, settings: SettingsDep, sessions: SessionsDep
+    body: ForecastRequest, models: ModelsDep, settings: SettingsDep, sessions: SessionsDep
 ) -> ForecastResponse:
     """Series are either stored (``{"id": "air"}``) or inline (``id``, ``history``, ``start``,
     ``freq``); both may be mixed. All of them run as one batched inference."""
@@ -32,26 +32,25 @@ async def forecast(
     # thread pool so the loop keeps serving other requests meanwhile.
     inline_only = not any(s.is_stored for s in body.series)
     if inline_only and len(body.series) <= settings.inline_batch_max:
-        forecasts = run_forecast(body, forecaster, settings, sessions)
+        forecasts = run_forecast(body, models, settings, sessions)
     else:
-        forecasts = await run_in_threadpool(run_forecast, body, forecaster, settings, sessions)
+        forecasts = await run_in_threadpool(run_forecast, body, models, settings, sessions)
     return ForecastResponse(forecasts=forecasts)
 
 
 @router.get("/series/{series_id}/forecast", response_model=ForecastResponse, responses=ERRORS)
 async def forecast_stored(
     series_id: Annotated[str, Path(pattern=SERIES_ID_PATTERN)],
-    forecaster: ForecasterDep,
+    models: ModelsDep,
     settings: SettingsDep,
     sessions: SessionsDep,
-    horizon: Annotated[int | None, Query(ge=1, description="Default: the model's.")] = None,
+    horizon: Annotated[int, Query(ge=1)],
+    level: Annotated[list[float] | None, Query(gt=0, lt=100)] = None,
 ) -> ForecastResponse:
     """The forecast for one stored series, from its latest observations."""
-    body = ForecastRequest(
-        series=[SeriesInput(id=series_id)], horizon=horizon or forecaster.manifest.horizon
-    )
+    body = ForecastRequest(series=[SeriesInput(id=series_id)], horizon=horizon, level=level)
     try:
-        forecasts = await run_in_threadpool(run_forecast, body, forecaster, settings, sessions)
+        forecasts = await run_in_threadpool(run_forecast, body, models, settings, sessions)
     except ServiceError as exc:
         if exc.loc[:3] == ["body", "series", 0]:
             exc.loc = ["path", "series_id"]  # this request has no body: point at the path

@@ -8,7 +8,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from service.schemas import Liveness, ModelRef, Readiness
+from service.model_set import ModelSet
+from service.schemas import Liveness, LoadedModel, Readiness
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -25,20 +26,30 @@ async def live() -> Liveness:
     responses={503: {"model": Readiness, "description": "No model is loaded; reason says why."}},
 )
 async def ready(request: Request) -> Readiness | JSONResponse:
-    forecaster = request.app.state.forecaster
+    models: ModelSet = request.app.state.models
     reason = None
-    if forecaster is None:
-        reason = f"no model is loaded: {request.app.state.model_error}"
+    if not models.models:
+        reason = f"no model is loaded: {models.refused}"
     else:
         reason = await run_in_threadpool(_database_problem, request.app.state.engine)
     if reason is not None:
         body = Readiness(status="unavailable", reason=reason)
         return JSONResponse(status_code=503, content=body.model_dump(exclude_none=True))
-    m = forecaster.manifest
     return Readiness(
         status="ready",
-        model=ModelRef(name=m.name, version=m.version),
-        provider=forecaster.provider,
+        models=[
+            LoadedModel(
+                name=f.manifest.name,
+                version=f.manifest.version,
+                frequency=f.manifest.frequency,
+                input_size=f.manifest.input_size,
+                horizon=f.manifest.horizon,
+                quantiles=f.manifest.quantiles,
+                provider=f.provider,
+            )
+            for _, f in sorted(models.models.items())
+        ],
+        refused=models.refused or None,
     )
 
 

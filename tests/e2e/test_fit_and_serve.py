@@ -55,7 +55,7 @@ def run_fit(
 def trained(tmp_path_factory):
     """One short fit with the embedded default store (var/ under the working directory)."""
     work = tmp_path_factory.mktemp("fit")
-    done = run_fit(work / "bundle", work, {}, "--max-epochs", "8")
+    done = run_fit(work / "models" / "air_e2e", work, {}, "--max-epochs", "8")
     assert done.returncode == 0, done.stderr
     return work, done.stdout
 
@@ -73,7 +73,7 @@ def test_cli_prints_lstm_and_seasonal_naive_metrics(trained):
 
 def test_bundle_records_the_run_and_passes_parity(trained):
     work, _ = trained
-    manifest = read_bundle(work / "bundle").manifest
+    manifest = read_bundle(work / "models" / "air_e2e").manifest
     assert (manifest.input_size, manifest.horizon, manifest.frequency) == (24, 12, "MS")
     assert manifest.parity.max_scaled_diff <= manifest.parity.tolerance
     assert set(manifest.metrics) == {"lstm", "seasonal_naive"}
@@ -83,7 +83,7 @@ def test_bundle_records_the_run_and_passes_parity(trained):
 
 def test_mlflow_run_has_params_loss_curves_metrics_plot_and_a_registered_version(trained):
     work, _ = trained
-    manifest = read_bundle(work / "bundle").manifest
+    manifest = read_bundle(work / "models" / "air_e2e").manifest
     assert manifest.mlflow is not None
     assert (work / "var" / "mlflow.db").is_file()  # the embedded default store
     client = mlflow.MlflowClient(f"sqlite:///{work / 'var' / 'mlflow.db'}")
@@ -105,15 +105,16 @@ def test_mlflow_run_has_params_loss_curves_metrics_plot_and_a_registered_version
 def test_api_process_serves_the_new_bundle_and_never_loads_torch(trained):
     work, _ = trained
     proc, base = start_api_process(
-        {"FORECAST_BUNDLE_DIR": str(work / "bundle")}, work, capture=True
+        {"FORECAST_MODELS_DIR": str(work / "models")}, work, capture=True
     )
     try:
         history = pd.read_csv(AIR_CSV)["y"].tolist()
         response = httpx.post(
             f"{base}/forecast",
             json={
-                "series": [{"id": "air", "history": history, "start": "1949-01-01"}],
+                "series": [{"id": "air", "history": history, "start": "1949-01-01", "freq": "MS"}],
                 "horizon": 12,
+                "level": [80],
             },
         )
         assert response.status_code == 200, response.text
@@ -121,6 +122,10 @@ def test_api_process_serves_the_new_bundle_and_never_loads_torch(trained):
         assert forecast["model"] == {"name": "air_e2e", "version": "1"}
         assert forecast["timestamps"][0] == "1961-01-01" and len(forecast["values"]) == 12
         assert np.isfinite(forecast["values"]).all()
+        low, high = forecast["quantiles"]["0.1"], forecast["quantiles"]["0.9"]
+        assert all(lo <= v <= hi for lo, v, hi in zip(low, forecast["values"], high, strict=True))
+        low, high = forecast["quantiles"]["0.1"], forecast["quantiles"]["0.9"]
+        assert all(lo <= v <= hi for lo, v, hi in zip(low, forecast["values"], high, strict=True))
         # No torch shared library is mapped into the serving process.
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libtorch" not in maps, "the api process loaded torch"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from service.config import Settings
@@ -22,7 +23,8 @@ def settings_variables() -> dict[str, str]:
     for name, field in Settings.model_fields.items():
         alias = field.validation_alias
         env = alias.choices[0] if alias is not None else f"FORECAST_{name.upper()}"  # type: ignore[union-attr]
-        names[str(env)] = str(field.default)
+        default = field.default
+        names[str(env)] = json.dumps(default) if isinstance(default, dict | list) else str(default)
     return names
 
 

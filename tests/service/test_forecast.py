@@ -34,6 +34,7 @@ def test_forecast_returns_12_monthly_values_for_1961(client, air_history):
     assert response.status_code == 200, response.text
     (forecast,) = response.json()["forecasts"]
     assert forecast["id"] == "air"
+    assert forecast["method"] == "model"
     assert forecast["model"] == {"name": MANIFEST.name, "version": MANIFEST.version}
     assert forecast["timestamps"] == [f"1961-{m:02d}-01" for m in range(1, 13)]
     np.testing.assert_allclose(forecast["values"], reference_forecast(air_history[-L:]), rtol=1e-6)
@@ -73,7 +74,7 @@ def test_several_series_in_one_request_match_single_requests(client, air_history
 def test_large_batch_runs_off_the_event_loop_and_matches(client, air_history):
     """Above inline_batch_max the inference goes to the thread pool; results are the same."""
     series = [
-        {"id": str(i), "history": [v + i for v in air_history], "start": "1949-01-01"}
+        {"id": str(i), "history": [v + i for v in air_history], "start": "1949-01-01", "freq": "MS"}
         for i in range(200)
     ]
     response = client.post("/forecast", json={"series": series, "horizon": 12})
@@ -85,11 +86,19 @@ def test_large_batch_runs_off_the_event_loop_and_matches(client, air_history):
     )
 
 
-def test_freq_defaults_to_the_models(client, air_history):
+def test_freq_may_be_left_out_when_the_model_is_named(client, air_history):
     explicit = client.post("/forecast", json=body(air_history)).json()
     implicit_body = body(air_history)
     del implicit_body["series"][0]["freq"]  # type: ignore[index]
+    without = client.post("/forecast", json=implicit_body)
+    assert without.status_code == 422 and "freq is required" in without.json()["detail"][0]["msg"]
+    implicit_body["model"] = "air_passengers"
     assert client.post("/forecast", json=implicit_body).json() == explicit
+
+
+def test_unknown_model_is_422_listing_the_loaded_ones(client, air_history):
+    detail = _error(client.post("/forecast", json=body(air_history) | {"model": "nope"}))
+    assert detail["loc"] == ["body", "model"] and "air_passengers" in detail["msg"]
 
 
 def _error(response) -> dict[str, object]:
@@ -98,8 +107,18 @@ def _error(response) -> dict[str, object]:
     return detail
 
 
-def test_history_shorter_than_input_window_is_422_naming_the_limit(client, air_history):
-    detail = _error(client.post("/forecast", json=body(air_history[: L - 1])))
+def test_history_shorter_than_input_window_gets_seasonal_naive_marked_as_such(client, air_history):
+    short = air_history[: L - 1]  # 23 months from 1949-01
+    forecast = client.post("/forecast", json=body(short, 12)).json()["forecasts"][0]
+    assert forecast["method"] == "seasonal_naive" and forecast["model"] is None
+    assert forecast["values"] == short[-12:]  # the last full season, repeated
+    assert forecast["timestamps"][0] == "1950-12-01"
+    tiny = client.post("/forecast", json=body(air_history[:5], 3)).json()["forecasts"][0]
+    assert tiny["method"] == "naive" and tiny["values"] == [air_history[4]] * 3
+
+
+def test_strict_mode_refuses_a_short_history_naming_the_limit(client, air_history):
+    detail = _error(client.post("/forecast", json=body(air_history[: L - 1]) | {"strict": True}))
     assert detail["loc"] == ["body", "series", 0, "history"]
     assert f"needs at least {L}" in detail["msg"] and f"has {L - 1} values" in detail["msg"]
 
@@ -134,7 +153,11 @@ def test_unknown_frequency_is_422(client, air_history):
 def test_frequency_the_model_does_not_serve_is_422_naming_what_it_serves(client, air_history):
     detail = _error(client.post("/forecast", json=body(air_history, freq="D")))
     assert detail["type"] == "frequency_not_served"
-    assert "serves 'MS'" in detail["msg"]
+    assert "the models serve ['MS']" in detail["msg"]
+    named = _error(
+        client.post("/forecast", json=body(air_history, freq="D") | {"model": "air_passengers"})
+    )
+    assert "which serves 'MS'" in named["msg"]
 
 
 def test_start_off_the_frequency_is_422(client, air_history):
@@ -181,3 +204,33 @@ def test_openapi_documents_the_forecast_example(client):
     assert examples[1]["series"][0]["freq"] == "MS"  # an inline history
     upload = schema["paths"]["/series/{series_id}/observations"]["post"]["requestBody"]
     assert set(upload["content"]) == {"application/json", "text/csv"}
+
+
+def test_quantiles_and_levels_come_beside_the_point_forecast(client, air_history):
+    response = client.post("/forecast", json=body(air_history) | {"quantiles": [0.1, 0.9]})
+    forecast = response.json()["forecasts"][0]
+    assert set(forecast["quantiles"]) == {"0.1", "0.9"}
+    low, high, point = (
+        np.array(forecast["quantiles"]["0.1"]),
+        np.array(forecast["quantiles"]["0.9"]),
+        np.array(forecast["values"]),
+    )
+    assert (low <= point).all() and (point <= high).all()  # never crossing
+    assert (high - low > 0).all()
+    by_level = client.post("/forecast", json=body(air_history) | {"level": [80]}).json()
+    assert by_level["forecasts"][0]["quantiles"] == forecast["quantiles"]
+
+
+def test_a_quantile_the_model_lacks_is_422_listing_the_ones_it_has(client, air_history):
+    detail = _error(client.post("/forecast", json=body(air_history) | {"quantiles": [0.25]}))
+    assert detail["type"] == "quantile_not_served"
+    assert f"it has {MANIFEST.quantiles}" in detail["msg"]
+    level = _error(client.post("/forecast", json=body(air_history) | {"level": [95]}))
+    assert level["loc"] == ["body", "level"] and "0.025" in level["msg"]
+
+
+def test_fallback_series_carry_no_quantiles(client, air_history):
+    forecast = client.post("/forecast", json=body(air_history[:13]) | {"quantiles": [0.1]}).json()[
+        "forecasts"
+    ][0]
+    assert forecast["method"] == "seasonal_naive" and forecast["quantiles"] is None

@@ -16,11 +16,11 @@ from service.app import create_app
 from service.config import Settings
 
 history = pd.read_csv({str(AIR_CSV)!r})["y"].tolist()
-settings = Settings(bundle_dir={str(AIR_BUNDLE)!r}, database_url=sys.argv[1])
+settings = Settings(models_dir={str(AIR_BUNDLE.parent)!r}, database_url=sys.argv[1])
 with TestClient(create_app(settings)) as client:
     assert client.get("/health/ready").status_code == 200
     r = client.post("/forecast", json={{"series": [{{"id": "a", "history": history,
-                    "start": "1949-01-01"}}], "horizon": 12}})
+                    "start": "1949-01-01", "freq": "MS"}}], "horizon": 12}})
     assert r.status_code == 200, r.text
 print(json.dumps(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))))
 """

@@ -165,7 +165,7 @@ def test_unknown_series_is_404_and_wrong_content_type_is_415(client):
     assert "text/csv" in wrong.json()["detail"][0]["msg"]
     assert client.get("/series/nope").status_code == 404
     assert client.get("/series/nope/observations").status_code == 404
-    assert client.get("/series/nope/forecast").status_code == 404
+    assert client.get("/series/nope/forecast", params={"horizon": 3}).status_code == 404
 
 
 def test_frequency_change_with_data_is_409(client):
@@ -221,7 +221,7 @@ def test_delete_removes_series_observations_and_forecast_log(client, air_csv, da
 def test_mixed_stored_and_inline_in_one_request(client, air_csv, air_history):
     put(client)
     upload_csv(client, air_csv)
-    inline = {"id": "inline", "history": air_history[:-12], "start": "1949-01-01"}
+    inline = {"id": "inline", "history": air_history[:-12], "start": "1949-01-01", "freq": "MS"}
     mixed = client.post(
         "/forecast",
         json={"series": [inline, {"id": "air"}, inline | {"id": "again"}], "horizon": 4},
@@ -251,17 +251,22 @@ def test_every_stored_forecast_is_logged_with_its_model_version(client, air_csv,
     assert target_ts == served["timestamps"] and values == served["values"]
 
 
-def test_stored_series_shorter_than_the_window_is_422(client):
+def test_stored_series_shorter_than_the_window_gets_seasonal_naive_or_422_when_strict(client):
     put(client)
     client.post(
         "/series/air/observations",
         json=[{"ts": f"2000-{m:02d}-01", "value": float(m)} for m in range(1, 13)],
     )
-    response = stored_forecast(client)
+    forecast = stored_forecast(client, 3).json()["forecasts"][0]
+    assert forecast["method"] == "seasonal_naive"
+    assert forecast["values"] == [1.0, 2.0, 3.0] and forecast["timestamps"][0] == "2001-01-01"
+    response = client.post(
+        "/forecast", json={"series": [{"id": "air"}], "horizon": 3, "strict": True}
+    )
     assert response.status_code == 422
     (detail,) = response.json()["detail"]
     assert detail["loc"] == ["body", "series", 0, "id"]
-    assert "has 12 observations" in detail["msg"] and "needs at least 24" in detail["msg"]
+    assert "has 12 values" in detail["msg"] and "needs at least 24" in detail["msg"]
 
 
 def test_gap_inside_the_input_window_is_422_naming_it(client, air_csv):
@@ -274,7 +279,7 @@ def test_gap_inside_the_input_window_is_422_naming_it(client, air_csv):
     (detail,) = response.json()["detail"]
     assert detail["type"] == "history_gap"
     assert "no observation at 1960-09-01" in detail["msg"]
-    path_form = client.get("/series/air/forecast").json()["detail"][0]
+    path_form = client.get("/series/air/forecast", params={"horizon": 3}).json()["detail"][0]
     assert path_form["loc"] == ["path", "series_id"]
 
 

@@ -35,7 +35,7 @@ def test_holdout_split_by_hand():
 
 
 def test_holdout_split_refuses_short_series():
-    with pytest.raises(DataError, match="fewer than 3 \+ 3\*horizon"):
+    with pytest.raises(DataError, match=r"fewer than 3 \+ 3\*horizon"):
         holdout_split({"a": np.arange(8, dtype=np.float32)}, input_size=3, horizon=2)
 
 
@@ -77,7 +77,9 @@ def test_loader_names_what_is_wrong(tmp_path, text, message):
 
 
 def test_padded_windows_by_hand():
-    x, y = sliding_windows(np.arange(1, 6, dtype=np.float32), input_size=3, horizon=2, min_observed=1)
+    x, y = sliding_windows(
+        np.arange(1, 6, dtype=np.float32), input_size=3, horizon=2, min_observed=1
+    )
     # padded to [1, 1, 1, 2, 3, 4, 5]: windows keep >= 1 real input and real targets
     np.testing.assert_array_equal(x, [[1, 1, 1], [1, 1, 2], [1, 2, 3]])
     np.testing.assert_array_equal(y, [[2, 3], [3, 4], [4, 5]])
