@@ -80,6 +80,9 @@ class BundleManifest(BaseModel):
     frequency: str | None = Field(description="pandas offset alias, e.g. MS; None if any.")
     seasonal_period: int = Field(gt=0)
     quantiles: list[float] = Field(min_length=1)
+    input_domain: Literal["real", "positive"] = Field(
+        default="real", description="positive: the graph takes logs; values must be > 0."
+    )
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     covariates: list[str] = Field(default_factory=list)

@@ -138,9 +138,16 @@ def _fallback(n: int, forecaster: Forecaster, strict: bool, what: str, loc: Loc)
     return "seasonal_naive" if n >= m.seasonal_period else "naive"
 
 
-def _check_range(values: Sequence[float], loc: Loc) -> None:
+def _check_range(values: Sequence[float], forecaster: Forecaster, loc: Loc) -> None:
     if max(abs(v) for v in values) > FLOAT32_MAX:
         raise InvalidInput(f"history values must lie within +-{FLOAT32_MAX:.3e} (float32)", loc)
+    m = forecaster.manifest
+    if m.input_domain == "positive" and min(values) <= 0:
+        raise InvalidInput(
+            f"model {m.name!r} works on logs and needs values > 0 in its input window; "
+            f"got {min(values):g}",
+            loc,
+        )
 
 
 def _plan_inline(
@@ -168,7 +175,8 @@ def _plan_inline(
         )
     fallback = _fallback(n, forecaster, request.strict, "history", (*loc, "history"))
     values = history[-forecaster.manifest.input_size :]
-    _check_range(values, (*loc, "history"))
+    if fallback is None:
+        _check_range(values, forecaster, (*loc, "history"))
     labels = future_labels(step_from(start, n - 1, freq), request.horizon, freq)
     return Plan(index, series.id, forecaster, values, labels, fallback, stored=False)
 
@@ -205,7 +213,8 @@ def _plan_stored(
             f"{format_timestamps([expected[-1]])[0]}; upload them, then ask again",
             (*loc, "id"),
         )
-    _check_range(values, (*loc, "id"))
+    if fallback is None:
+        _check_range(values, forecaster, (*loc, "id"))
     labels = future_labels(ts[-1], request.horizon, freq)
     return Plan(index, window.series_id, forecaster, values, labels, fallback, stored=True)
 

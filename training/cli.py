@@ -19,6 +19,10 @@ DEFAULT_MODEL = ForecasterConfig(input_size=24, horizon=1, quantiles=(0.1, 0.5, 
 DEFAULT_TRAIN = TrainConfig()
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
 def _quantiles(text: str) -> tuple[float, ...]:
     values = tuple(sorted(float(v) for v in text.split(",")))
     if not values or not all(0 < q < 1 for q in values):
@@ -35,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--freq", help="pandas offset alias (MS, QS, D...); inferred if omitted")
     fit.add_argument("--name", help="model name (default: the data file's stem)")
     fit.add_argument("--out", type=Path, help="bundle folder (default: models/<name>)")
-    fit.add_argument("--input-size", type=int, default=DEFAULT_MODEL.input_size, help="window L")
+    fit.add_argument(
+        "--input-size",
+        type=_ints,
+        default=[DEFAULT_MODEL.input_size],
+        help="window L; several (e.g. 24,36) train one ensemble member each",
+    )
     fit.add_argument("--cell", choices=["lstm", "gru"], default=DEFAULT_MODEL.cell)
     fit.add_argument("--hidden-size", type=int, default=DEFAULT_MODEL.hidden_size)
     fit.add_argument("--num-layers", type=int, default=DEFAULT_MODEL.num_layers)
@@ -51,7 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-size", type=int, default=DEFAULT_TRAIN.batch_size)
     fit.add_argument("--learning-rate", type=float, default=DEFAULT_TRAIN.learning_rate)
     fit.add_argument("--patience", type=int, default=DEFAULT_TRAIN.patience)
-    fit.add_argument("--seed", type=int, default=DEFAULT_TRAIN.seed)
+    fit.add_argument(
+        "--seed", type=_ints, default=[DEFAULT_TRAIN.seed], help="several (e.g. 0,1,2): an ensemble"
+    )
+    fit.add_argument(
+        "--min-observed",
+        type=int,
+        help="train on windows left-padded down to this many real values (short series)",
+    )
+    fit.add_argument(
+        "--recent-windows", type=int, help="train on each series' latest N windows only"
+    )
     fit.add_argument("--experiment", default="forecasting", help="MLflow experiment name")
     fit.add_argument("--no-register", action="store_true", help="log the run, skip the registry")
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -83,23 +102,29 @@ def main(argv: list[str] | None = None) -> int:
             freq=freq,
             name=name,
             out=args.out or Path("models") / name,
-            model=ForecasterConfig(
-                input_size=args.input_size,
-                horizon=args.horizon,
-                cell=args.cell,
-                hidden_size=args.hidden_size,
-                num_layers=args.num_layers,
-                dropout=args.dropout,
-                quantiles=args.quantiles,
-                transform=args.transform,
-            ),
+            members=[
+                ForecasterConfig(
+                    input_size=input_size,
+                    horizon=args.horizon,
+                    cell=args.cell,
+                    hidden_size=args.hidden_size,
+                    num_layers=args.num_layers,
+                    dropout=args.dropout,
+                    quantiles=args.quantiles,
+                    transform=args.transform,
+                )
+                for input_size in args.input_size
+            ],
+            seeds=args.seed,
             train=TrainConfig(
                 max_epochs=args.max_epochs,
                 batch_size=args.batch_size,
                 learning_rate=args.learning_rate,
                 patience=args.patience,
-                seed=args.seed,
+                seed=args.seed[0],
             ),
+            min_observed=args.min_observed,
+            recent_windows=args.recent_windows,
             register=not args.no_register,
             experiment=args.experiment,
             progress=not args.no_progress,
@@ -114,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nbundle {m.name} version {m.version} -> {report.bundle.path} "
         f"(parity: max abs diff {m.parity.max_abs_diff:.2e}, "
         f"{m.parity.max_scaled_diff:.2e} in window-std units; "
-        f"best epoch {report.result.best_epoch} of {report.result.epochs_run})"
+        f"{len(report.results)} member(s), best epochs "
+        f"{[r.best_epoch for r in report.results]})"
     )
     if m.mlflow is not None:
         print(f"mlflow: {m.mlflow.tracking_uri} run {m.mlflow.run_id}")

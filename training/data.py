@@ -136,11 +136,14 @@ def holdout_split(
     latest training windows: every series then weighs about the same, and recent behaviour
     counts most (N-BEATS's history limit on M3 and M4)."""
     observed = input_size if min_observed is None else min(min_observed, input_size)
-    need = observed + 3 * horizon  # at least one training window, plus validation and test
+    # Unpadded: every series needs a full training window, plus validation and test. Padded: a
+    # series needs only one real value before its validation and test targets; one too short
+    # for any training window still counts in validation and test.
+    need = observed + 3 * horizon if min_observed is None else 2 * horizon + 1
     short = [uid for uid, v in series.items() if len(v) < need]
     if short:
         raise DataError(
-            f"{len(short)} series have fewer than {observed} + 3*horizon = {need} values "
+            f"{len(short)} series have fewer than {need} values "
             f"(e.g. {short[:3]}); use a smaller --input-size or drop them"
         )
     train_x, train_y, val_x, val_y, test_x, test_y, insample = [], [], [], [], [], [], []

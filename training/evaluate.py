@@ -32,6 +32,12 @@ def smape(y: np.ndarray, yhat: np.ndarray) -> float:
     return float(100.0 * np.mean(ratio))
 
 
+def mape(y: np.ndarray, yhat: np.ndarray) -> float:
+    """Mean absolute percentage error in percent (undefined where y is 0: those steps drop)."""
+    nonzero = y != 0
+    return float(100.0 * np.mean(np.abs((y[nonzero] - yhat[nonzero]) / y[nonzero])))
+
+
 def mase(y: np.ndarray, yhat: np.ndarray, insample: np.ndarray, m: int) -> float:
     """MAE scaled by the in-sample MAE of the seasonal-naive forecast with period m."""
     if len(insample) <= m:
@@ -40,7 +46,38 @@ def mase(y: np.ndarray, yhat: np.ndarray, insample: np.ndarray, m: int) -> float
     return float(mae(y, yhat) / scale) if scale > 0 else float("nan")
 
 
-METRICS = ("mae", "rmse", "smape", "mase")
+def seasonal_scale(insample: np.ndarray, m: int) -> float:
+    """In-sample MAE of the seasonal-naive forecast: the denominator of MASE."""
+    return float(np.mean(np.abs(insample[m:] - insample[:-m])))
+
+
+def interval_metrics(
+    actuals: np.ndarray,
+    output: np.ndarray,
+    quantiles: Sequence[float],
+    insample: Sequence[np.ndarray],
+    m: int,
+) -> dict[str, float]:
+    """Empirical coverage (%) of the central 80% interval (quantiles 0.1 and 0.9, when present)
+    and the mean pinball loss over all quantiles, scaled per series like MASE.
+
+    actuals (S, H); output (S, H, Q).
+    """
+    result: dict[str, float] = {}
+    q = list(quantiles)
+    if 0.1 in q and 0.9 in q:
+        low, high = output[:, :, q.index(0.1)], output[:, :, q.index(0.9)]
+        result["coverage_80"] = float(100.0 * np.mean((actuals >= low) & (actuals <= high)))
+    if len(q) > 1:
+        levels = np.asarray(q)[None, None, :]
+        error = actuals[:, :, None] - output  # (S, H, Q)
+        loss = np.maximum(levels * error, (levels - 1) * error).mean(axis=(1, 2))  # (S,)
+        scales = np.array([seasonal_scale(s, m) for s in insample])
+        result["scaled_pinball"] = float(np.mean(loss[scales > 0] / scales[scales > 0]))
+    return result
+
+
+METRICS = ("mae", "rmse", "smape", "mape", "mase", "coverage_80", "scaled_pinball")
 
 
 def score(
@@ -54,6 +91,7 @@ def score(
         "mae": lambda i: mae(actuals[i], forecasts[i]),
         "rmse": lambda i: rmse(actuals[i], forecasts[i]),
         "smape": lambda i: smape(actuals[i], forecasts[i]),
+        "mape": lambda i: mape(actuals[i], forecasts[i]),
         "mase": lambda i: mase(actuals[i], forecasts[i], insample[i], m),
     }
     return {
@@ -63,11 +101,14 @@ def score(
 
 
 def format_table(results: dict[str, dict[str, float]], title: str) -> str:
-    """Methods as rows, metrics as columns, as a fixed-width text (and markdown) table."""
-    header = f"| {'method':<16} | " + " | ".join(f"{m.upper():>8}" for m in METRICS) + " |"
-    rule = "|" + "-" * 18 + "|" + "|".join("-" * 10 for _ in METRICS) + "|"
+    """Methods as rows, metrics as columns (those any row has), as a markdown table."""
+    columns = [m for m in METRICS if any(m in vals for vals in results.values())]
+    header = f"| {'method':<16} | " + " | ".join(f"{c.upper():>14}" for c in columns) + " |"
+    rule = "|" + "-" * 18 + "|" + "|".join("-" * 16 for _ in columns) + "|"
     rows = [
-        f"| {method:<16} | " + " | ".join(f"{vals[m]:>8.3f}" for m in METRICS) + " |"
+        f"| {method:<16} | "
+        + " | ".join(f"{vals[c]:>14.3f}" if c in vals else f"{'-':>14}" for c in columns)
+        + " |"
         for method, vals in results.items()
     ]
     return "\n".join([title, header, rule, *rows])

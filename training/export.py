@@ -21,7 +21,7 @@ from service.bundle import (
     TensorSpec,
     TrainingDataSummary,
 )
-from training.model import RecurrentForecaster
+from training.model import Forecaster
 from training.train import predict
 
 logger = logging.getLogger(__name__)
@@ -41,10 +41,10 @@ class ParityError(RuntimeError):
     """onnxruntime's output differs from torch's beyond the tolerance: the export is refused."""
 
 
-def export_onnx(model: RecurrentForecaster) -> bytes:
+def export_onnx(model: Forecaster) -> bytes:
     """Serialize the module with a dynamic batch axis; the window length L is fixed."""
     model = model.eval()
-    example = torch.rand(2, model.config.input_size) * 100.0  # (B, L)
+    example = torch.rand(2, model.input_size) * 100.0 + 1.0  # (B, L), positive for log models
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter warns about internals we don't control
         program = torch.onnx.export(
@@ -71,15 +71,23 @@ class ParityCase:
     windows: np.ndarray  # (B, L) raw values
 
 
-def parity_cases(heldout: np.ndarray, low: float, high: float, seed: int = 0) -> list[ParityCase]:
-    """Held-out windows, standard-normal batches of 1 and 256, and 256 windows drawn
-    uniformly from the data's value range (real magnitudes, unseen shapes)."""
+def parity_cases(
+    heldout: np.ndarray, low: float, high: float, seed: int = 0, positive: bool = False
+) -> list[ParityCase]:
+    """Held-out windows, standard-normal batches of 1 and 256 (log-normal for models that
+    need positive inputs), and 256 windows drawn uniformly from the data's value range (real
+    magnitudes, unseen shapes)."""
     rng = np.random.default_rng(seed)
     input_size = heldout.shape[1]
+
+    def random(batch: int) -> np.ndarray:
+        draws = rng.standard_normal((batch, input_size))
+        return (np.exp(draws) if positive else draws).astype(np.float32)
+
     return [
         ParityCase("heldout", heldout.astype(np.float32)),
-        ParityCase("random_batch_1", rng.standard_normal((1, input_size)).astype(np.float32)),
-        ParityCase("random_batch_256", rng.standard_normal((256, input_size)).astype(np.float32)),
+        ParityCase("random_batch_1", random(1)),
+        ParityCase("random_batch_256", random(256)),
         ParityCase(
             "random_data_range_256",
             rng.uniform(low, high, size=(256, input_size)).astype(np.float32),
@@ -87,9 +95,7 @@ def parity_cases(heldout: np.ndarray, low: float, high: float, seed: int = 0) ->
     ]
 
 
-def check_parity(
-    model: RecurrentForecaster, model_bytes: bytes, cases: list[ParityCase]
-) -> ParityReport:
+def check_parity(model: Forecaster, model_bytes: bytes, cases: list[ParityCase]) -> ParityReport:
     """Run every case through torch and onnxruntime; raise ParityError past the tolerance."""
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     max_abs, max_scaled, checks = 0.0, 0.0, []
@@ -123,7 +129,7 @@ def build_manifest(
     *,
     name: str,
     version: str,
-    model: RecurrentForecaster,
+    model: Forecaster,
     model_bytes: bytes,
     frequency: str | None,
     seasonal_period: int,
@@ -133,21 +139,21 @@ def build_manifest(
     parity: ParityReport,
     mlflow_ref: MlflowRef | None,
 ) -> BundleManifest:
-    config = model.config
     return BundleManifest(
         name=name,
         version=version,
         created_at=datetime.now(UTC),
-        input_size=config.input_size,
-        horizon=config.horizon,
+        input_size=model.input_size,
+        horizon=model.horizon,
         frequency=frequency,
         seasonal_period=seasonal_period,
-        quantiles=list(config.quantiles),
-        inputs=[TensorSpec(name=INPUT_NAME, shape=["batch", config.input_size])],
+        quantiles=list(model.quantiles),
+        input_domain="positive" if model.positive_only else "real",
+        inputs=[TensorSpec(name=INPUT_NAME, shape=["batch", model.input_size])],
         outputs=[
-            TensorSpec(name=OUTPUT_NAME, shape=["batch", config.horizon, len(config.quantiles)])
+            TensorSpec(name=OUTPUT_NAME, shape=["batch", model.horizon, len(model.quantiles)])
         ],
-        architecture=config.to_dict(),
+        architecture=model.describe(),
         training=training,
         training_data=training_data,
         metrics=metrics,

@@ -90,6 +90,26 @@ class RecurrentForecaster(nn.Module):
         """Raw targets (B, H) -> the scale forward_scaled predicts on (B, H), float32."""
         return ((self._transform(target) - loc) / scale).float()
 
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon
+
+    @property
+    def quantiles(self) -> tuple[float, ...]:
+        return self.config.quantiles
+
+    @property
+    def positive_only(self) -> bool:
+        """The graph takes logs: it needs strictly positive inputs."""
+        return self.config.transform == "log"
+
+    def describe(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Raw windows (B, L) -> raw-scale quantile forecasts (B, H, Q)."""
         q, loc, scale = self.forward_scaled(y)
@@ -98,22 +118,97 @@ class RecurrentForecaster(nn.Module):
         return (out.exp() if self.config.transform == "log" else out).float()
 
 
+class EnsembleForecaster(nn.Module):
+    """Several trained members (seeds, input lengths, cells) combined by their median.
+
+    The ensemble reads windows as long as its longest member's; each member reads the last
+    L_i values of it. The median is taken per step and quantile, so non-crossing members stay
+    non-crossing; it is computed by sorting along the member axis (ONNX TopK).
+    """
+
+    def __init__(self, members: list[RecurrentForecaster]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        first = members[0]
+        if any((m.horizon, m.quantiles) != (first.horizon, first.quantiles) for m in members):
+            raise ValueError("ensemble members must share horizon and quantiles")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def input_size(self) -> int:
+        return max(m.input_size for m in self.members)  # type: ignore[misc]
+
+    @property
+    def horizon(self) -> int:
+        return int(self.members[0].horizon)
+
+    @property
+    def quantiles(self) -> tuple[float, ...]:
+        return tuple(self.members[0].quantiles)
+
+    @property
+    def positive_only(self) -> bool:
+        return any(m.positive_only for m in self.members)
+
+    def describe(self) -> dict[str, Any]:
+        return {"ensemble": "median", "members": [m.describe() for m in self.members]}
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Raw windows (B, L_max) -> median of the members' forecasts (B, H, Q)."""
+        outputs = torch.stack([m(y[:, -m.input_size :]) for m in self.members])  # (N, B, H, Q)
+        n = outputs.shape[0]
+        if n == 1:
+            return outputs[0]
+        ordered = torch.sort(outputs, dim=0).values
+        if n % 2:
+            return ordered[n // 2]
+        return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+Forecaster = RecurrentForecaster | EnsembleForecaster
+
+
 @dataclass
 class Checkpoint:
-    """Everything needed to rebuild the trained module (kept beside the ONNX graph)."""
+    """Everything needed to rebuild the trained module (kept beside the ONNX graph): one
+    config and state per member; a single model is an ensemble of one."""
 
-    config: ForecasterConfig
-    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    configs: list[ForecasterConfig]
+    state_dicts: list[dict[str, torch.Tensor]] = field(repr=False)
+
+    @classmethod
+    def of(cls, model: Forecaster) -> Checkpoint:
+        members = list(model.members) if isinstance(model, EnsembleForecaster) else [model]
+        return cls(
+            configs=[m.config for m in members],  # type: ignore[misc]
+            state_dicts=[m.state_dict() for m in members],
+        )
 
     def save(self, path: str) -> None:
-        torch.save({"config": self.config.to_dict(), "state_dict": self.state_dict}, path)
+        torch.save(
+            {
+                "members": [
+                    {"config": c.to_dict(), "state_dict": s}
+                    for c, s in zip(self.configs, self.state_dicts, strict=True)
+                ]
+            },
+            path,
+        )
 
     @classmethod
     def load(cls, path: str) -> Checkpoint:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(config=ForecasterConfig.from_dict(raw["config"]), state_dict=raw["state_dict"])
+        members = raw["members"]
+        return cls(
+            configs=[ForecasterConfig.from_dict(m["config"]) for m in members],
+            state_dicts=[m["state_dict"] for m in members],
+        )
 
-    def build(self) -> RecurrentForecaster:
-        model = RecurrentForecaster(self.config)
-        model.load_state_dict(self.state_dict)
-        return model.eval()
+    def build(self) -> Forecaster:
+        members = []
+        for config, state in zip(self.configs, self.state_dicts, strict=True):
+            member = RecurrentForecaster(config)
+            member.load_state_dict(state)
+            members.append(member.eval())
+        return members[0] if len(members) == 1 else EnsembleForecaster(members).eval()

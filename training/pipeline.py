@@ -1,24 +1,31 @@
-"""``fit``: data -> model -> holdout metrics -> ONNX (parity-checked) -> MLflow -> bundle."""
+"""``fit``: data -> model(s) -> holdout metrics -> ONNX (parity-checked) -> MLflow -> bundle."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import product
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from service.bundle import Bundle, write_bundle
 from service.timeindex import seasonal_period
 from training import tracking
-from training.data import holdout_split, load_long_csv, series_values, summarize
-from training.evaluate import format_table, score, seasonal_naive
+from training.data import Split, holdout_split, load_long_csv, series_values, summarize
+from training.evaluate import format_table, interval_metrics, score, seasonal_naive
 from training.export import build_manifest, check_parity, export_onnx, parity_cases
-from training.model import Checkpoint, ForecasterConfig
+from training.model import (
+    Checkpoint,
+    EnsembleForecaster,
+    Forecaster,
+    ForecasterConfig,
+)
 from training.plot import holdout_figure
 from training.train import FitResult, TrainConfig, fit, predict
 
@@ -32,8 +39,12 @@ class FitOptions:
     freq: str
     name: str
     out: Path
-    model: ForecasterConfig
+    # One model per (member config, seed); more than one are combined by their median.
+    members: list[ForecasterConfig]
+    seeds: list[int] = field(default_factory=lambda: [0])
     train: TrainConfig = field(default_factory=TrainConfig)
+    min_observed: int | None = None  # < input_size: pad short series (see sliding_windows)
+    recent_windows: int | None = None  # train on each series' latest windows only
     register: bool = True
     experiment: str = "forecasting"
     progress: bool = True
@@ -44,41 +55,80 @@ class FitReport:
     bundle: Bundle
     metrics: dict[str, dict[str, float]]
     table: str
-    result: FitResult
+    results: list[FitResult]
+
+
+def _split(options: FitOptions, series: dict[str, np.ndarray], input_size: int) -> Split:
+    return holdout_split(
+        series, input_size, options.horizon, options.min_observed, options.recent_windows
+    )
+
+
+def train_members(
+    options: FitOptions, series: dict[str, np.ndarray]
+) -> tuple[Forecaster, list[FitResult]]:
+    """Fit every (member, seed) on windows cut for its own input length; log each to MLflow."""
+    results = []
+    runs = list(product(options.members, options.seeds))
+    for k, (config, seed) in enumerate(runs):
+        prefix = f"member{k}_" if len(runs) > 1 else ""
+        logger.info("member %d/%d: %s seed %d", k + 1, len(runs), config.to_dict(), seed)
+        result = fit(
+            config,
+            replace(options.train, seed=seed),
+            _split(options, series, config.input_size),
+            on_epoch=tracking.epoch_logger(prefix),
+            progress=options.progress,
+        )
+        mlflow.log_metrics(
+            {f"{prefix}best_epoch": result.best_epoch, f"{prefix}train_seconds": result.seconds}
+        )
+        results.append(result)
+    models = [r.model for r in results]
+    model = models[0] if len(models) == 1 else EnsembleForecaster(models).eval()
+    return model, results
+
+
+def evaluate_holdout(
+    model: Forecaster, split: Split, m: int
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """The model against seasonal naive on the last horizon of every series."""
+    output = predict(model, split.test_x)  # (S, H, Q)
+    quantiles = list(model.quantiles)
+    point = quantiles.index(min(quantiles, key=lambda q: abs(q - 0.5)))
+    name = "lstm_ensemble" if isinstance(model, EnsembleForecaster) else "lstm"
+    forecasts = {
+        name: output[:, :, point],
+        "seasonal_naive": np.stack([seasonal_naive(s, model.horizon, m) for s in split.insample]),
+    }
+    metrics = {method: score(split.test_y, f, split.insample, m) for method, f in forecasts.items()}
+    metrics[name].update(interval_metrics(split.test_y, output, quantiles, split.insample, m))
+    return metrics, forecasts
 
 
 def run_fit(options: FitOptions) -> FitReport:
-    config = options.model
     df = load_long_csv(options.data, options.freq)
     series = series_values(df)
     m = seasonal_period(options.freq)
-    split = holdout_split(series, config.input_size, config.horizon)
 
     with tracking.start_run(options.experiment, run_name=options.name) as run:
         tracking.log_params(
             {
-                "model": config.to_dict(),
+                "members": len(options.members) * len(options.seeds),
+                "model": options.members[0].to_dict(),
+                "input_sizes": sorted({c.input_size for c in options.members}),
+                "seeds": options.seeds,
                 "train": options.train.to_dict(),
                 "freq": options.freq,
                 "data": str(options.data),
                 "n_series": len(series),
+                "min_observed": options.min_observed,
+                "recent_windows": options.recent_windows,
             }
         )
-        result = fit(
-            config, options.train, split, on_epoch=tracking.log_epoch, progress=options.progress
-        )
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
-
-        point = config.quantiles.index(min(config.quantiles, key=lambda q: abs(q - 0.5)))
-        forecasts = {
-            "lstm": predict(result.model, split.test_x)[:, :, point],  # (S, H)
-            "seasonal_naive": np.stack(
-                [seasonal_naive(s, config.horizon, m) for s in split.insample]
-            ),
-        }
-        metrics = {
-            method: score(split.test_y, f, split.insample, m) for method, f in forecasts.items()
-        }
+        model, results = train_members(options, series)
+        split = _split(options, series, model.input_size)
+        metrics, forecasts = evaluate_holdout(model, split, m)
         mlflow.log_metrics(
             {
                 f"holdout_{method}_{k}": v
@@ -89,22 +139,23 @@ def run_fit(options: FitOptions) -> FitReport:
         last = df.groupby("unique_id", sort=False)["ds"].max()
         table = format_table(
             metrics,
-            f"Holdout: last {config.horizon} steps of {len(series)} series "
+            f"Holdout: last {options.horizon} steps of {len(series)} series "
             f"(ending {last.max().date()}), seasonal period {m}",
         )
         mlflow.log_text(table + "\n", "holdout_metrics.md")
-        mlflow.log_figure(_figure(df, split.ids, config.horizon, forecasts), "holdout.png")
+        mlflow.log_figure(_figure(df, split.ids, options.horizon, forecasts), "holdout.png")
 
-        model_bytes = export_onnx(result.model)
+        model_bytes = export_onnx(model)
         values = df["y"].to_numpy()
         parity = check_parity(
-            result.model,
+            model,
             model_bytes,
             parity_cases(
                 np.concatenate([split.val_x, split.test_x]),
                 values.min(),
                 values.max(),
                 seed=options.train.seed,
+                positive=model.positive_only,
             ),
         )
         mlflow.log_metrics(
@@ -116,32 +167,40 @@ def run_fit(options: FitOptions) -> FitReport:
 
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = Path(tmp) / "model.pt"
-            Checkpoint(config=config, state_dict=result.model.state_dict()).save(str(checkpoint))
+            Checkpoint.of(model).save(str(checkpoint))
             ref = tracking.log_model(
                 run,
                 model_bytes,
                 checkpoint,
                 registered_model_name=options.name if options.register else None,
                 metadata={
-                    "input_size": config.input_size,
-                    "horizon": config.horizon,
+                    "input_size": model.input_size,
+                    "horizon": model.horizon,
                     "frequency": options.freq,
-                    "quantiles": list(config.quantiles),
+                    "quantiles": list(model.quantiles),
                 },
             )
         version = ref.registered_model_version or datetime.now(UTC).strftime("local-%Y%m%d%H%M%S")
         manifest = build_manifest(
             name=options.name,
             version=version,
-            model=result.model,
+            model=model,
             model_bytes=model_bytes,
             frequency=options.freq,
             seasonal_period=m,
             training={
                 **options.train.to_dict(),
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run,
-                "seconds": round(result.seconds, 2),
+                "seeds": options.seeds,
+                "min_observed": options.min_observed,
+                "recent_windows": options.recent_windows,
+                "members": [
+                    {
+                        "best_epoch": r.best_epoch,
+                        "epochs_run": r.epochs_run,
+                        "seconds": round(r.seconds, 1),
+                    }
+                    for r in results
+                ],
             },
             training_data=summarize(df, options.data),
             metrics=metrics,
@@ -151,10 +210,12 @@ def run_fit(options: FitOptions) -> FitReport:
         bundle = write_bundle(options.out, model_bytes, manifest)
         mlflow.log_dict(manifest.model_dump(mode="json"), "bundle/manifest.json")
     logger.info("wrote bundle %s version %s to %s", options.name, version, options.out)
-    return FitReport(bundle=bundle, metrics=metrics, table=table, result=result)
+    return FitReport(bundle=bundle, metrics=metrics, table=table, results=results)
 
 
-def _figure(df: pd.DataFrame, ids: list[str], horizon: int, forecasts: dict[str, np.ndarray]):
+def _figure(
+    df: pd.DataFrame, ids: list[str], horizon: int, forecasts: dict[str, np.ndarray]
+) -> Figure:
     groups = {uid: g.set_index("ds")["y"] for uid, g in df.groupby("unique_id", sort=False)}
     history = [groups[uid].iloc[:-horizon] for uid in ids]
     actuals = [groups[uid].iloc[-horizon:] for uid in ids]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,8 +64,15 @@ def log_params(params: dict[str, Any]) -> None:
     mlflow.log_params({k: str(v) for k, v in flat.items()})
 
 
-def log_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
-    mlflow.log_metrics({"train_loss": train_loss, "val_loss": val_loss}, step=epoch)
+def epoch_logger(prefix: str = "") -> Callable[[int, float, float], None]:
+    """A training callback that logs each epoch's losses (``prefix`` tells members apart)."""
+
+    def log_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
+        mlflow.log_metrics(
+            {f"{prefix}train_loss": train_loss, f"{prefix}val_loss": val_loss}, step=epoch
+        )
+
+    return log_epoch
 
 
 def log_model(

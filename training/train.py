@@ -8,14 +8,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from training.data import Split
-from training.model import ForecasterConfig, RecurrentForecaster
+from training.model import Forecaster, ForecasterConfig, RecurrentForecaster
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ class TrainConfig:
     patience: int = 50  # epochs without a better validation loss before stopping
     grad_clip: float = 1.0
     seed: int = 0
+    # "scaled": errors in units of each window's std (series of any level weigh the same).
+    # "relative": for log models, errors in log units, i.e. relative errors, as sMAPE and
+    # MAPE score them (smooth series are not magnified by a small std).
+    loss_units: Literal["scaled", "relative"] = "scaled"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,10 +67,14 @@ def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tens
 
 
 def _loss(
-    model: RecurrentForecaster, x: torch.Tensor, y: torch.Tensor, q: torch.Tensor
+    model: RecurrentForecaster, x: torch.Tensor, y: torch.Tensor, q: torch.Tensor, units: str
 ) -> torch.Tensor:
     pred, loc, scale = model.forward_scaled(x)
-    return pinball_loss(pred, model.scale_target(y, loc, scale), q)
+    target = model.scale_target(y, loc, scale)
+    if units == "relative":
+        weight = scale.float().unsqueeze(-1)  # (B, 1, 1): back to log units
+        return pinball_loss(pred * weight, target * weight.squeeze(-1), q)
+    return pinball_loss(pred, target, q)
 
 
 def fit(
@@ -77,6 +85,8 @@ def fit(
     progress: bool = True,
 ) -> FitResult:
     """Train from scratch; return the weights of the epoch with the lowest validation loss."""
+    if train_config.loss_units == "relative" and model_config.transform != "log":
+        raise ValueError("loss_units='relative' needs transform='log' (errors in log units)")
     seed_everything(train_config.seed)
     model = RecurrentForecaster(model_config)
     optimizer = torch.optim.Adam(
@@ -98,14 +108,14 @@ def fit(
         for start in range(0, len(order), train_config.batch_size):
             idx = order[start : start + train_config.batch_size]
             optimizer.zero_grad()
-            loss = _loss(model, train_x[idx], train_y[idx], quantiles)
+            loss = _loss(model, train_x[idx], train_y[idx], quantiles, train_config.loss_units)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
             optimizer.step()
             total, count = total + loss.item() * len(idx), count + len(idx)
         model.eval()
         with torch.no_grad():
-            val_loss = _loss(model, val_x, val_y, quantiles).item()
+            val_loss = _loss(model, val_x, val_y, quantiles, train_config.loss_units).item()
         train_loss = total / count
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
         if on_epoch is not None:
@@ -129,7 +139,7 @@ def fit(
     )
 
 
-def predict(model: RecurrentForecaster, windows: np.ndarray) -> np.ndarray:
+def predict(model: Forecaster, windows: np.ndarray) -> np.ndarray:
     """Raw windows (B, L) -> forecasts (B, H, Q) with torch (the reference for parity)."""
     with torch.no_grad():
         return model(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))).numpy()

@@ -14,7 +14,7 @@ from service.inference import load_forecaster
 from tests.conftest import AIR_CSV
 from training.data import holdout_split, load_long_csv, series_values, summarize
 from training.export import ParityError, build_manifest, check_parity, export_onnx, parity_cases
-from training.model import Checkpoint, ForecasterConfig, RecurrentForecaster
+from training.model import Checkpoint, EnsembleForecaster, ForecasterConfig, RecurrentForecaster
 from training.train import TrainConfig, fit, predict
 
 VARIANTS = {
@@ -22,6 +22,7 @@ VARIANTS = {
     "lstm_single": dict(cell="lstm", num_layers=1, dropout=0.0),
     "gru_stacked": dict(cell="gru", num_layers=2, dropout=0.1),
     "lstm_quantiles": dict(cell="lstm", num_layers=2, quantiles=(0.1, 0.5, 0.9)),
+    "lstm_log": dict(cell="lstm", num_layers=2, transform="log", quantiles=(0.1, 0.5, 0.9)),
 }
 
 
@@ -60,7 +61,9 @@ def test_variant_trains_exports_and_serves_like_torch(variant, air, tmp_path):
     model_bytes = export_onnx(result.model)
     values = df["y"].to_numpy()
     parity = check_parity(
-        result.model, model_bytes, parity_cases(split.test_x, values.min(), values.max())
+        result.model,
+        model_bytes,
+        parity_cases(split.test_x, values.min(), values.max(), positive=result.model.positive_only),
     )
     assert parity.max_scaled_diff <= 1e-4
     assert [c.split(":")[0] for c in parity.checks] == [
@@ -102,7 +105,39 @@ def test_checkpoint_rebuilds_the_same_model(tmp_path):
     config = ForecasterConfig(input_size=12, horizon=3, hidden_size=8)
     model = RecurrentForecaster(config).eval()
     path = tmp_path / "model.pt"
-    Checkpoint(config=config, state_dict=model.state_dict()).save(str(path))
+    Checkpoint.of(model).save(str(path))
     rebuilt = Checkpoint.load(str(path)).build()
     windows = np.random.default_rng(0).uniform(0, 10, (4, 12)).astype(np.float32)
     np.testing.assert_array_equal(predict(model, windows), predict(rebuilt, windows))
+
+
+def test_ensemble_of_two_lengths_and_cells_exports_and_serves_the_median(air, tmp_path):
+    df, split = air
+    members = [
+        RecurrentForecaster(
+            ForecasterConfig(
+                input_size=L, horizon=6, hidden_size=8, cell=cell, quantiles=(0.1, 0.5, 0.9)
+            )
+        ).eval()
+        for L, cell in ((8, "lstm"), (12, "gru"), (10, "lstm"))
+    ]
+    ensemble = EnsembleForecaster(members).eval()
+    assert ensemble.input_size == 12
+    windows = np.random.default_rng(3).uniform(100, 600, (5, 12)).astype(np.float32)
+    each = np.stack([predict(m, windows[:, -m.input_size :]) for m in members])  # (3, B, H, Q)
+    np.testing.assert_allclose(predict(ensemble, windows), np.median(each, axis=0), rtol=1e-6)
+    model_bytes = export_onnx(ensemble)
+    values = df["y"].to_numpy()
+    parity = check_parity(
+        ensemble, model_bytes, parity_cases(split.test_x, values.min(), values.max())
+    )
+    bundle = _bundle(ensemble, model_bytes, summarize(df, AIR_CSV), parity, tmp_path / "ens")
+    assert bundle.manifest.architecture["ensemble"] == "median"
+    assert len(bundle.manifest.architecture["members"]) == 3
+    served = load_forecaster(str(bundle.path), "cpu", 1).predict(windows)
+    unit = np.maximum(1.0, windows.std(axis=1))[:, None, None]
+    assert (np.abs(served - predict(ensemble, windows)) / unit).max() <= 1e-4
+    assert (np.diff(served, axis=-1) >= 0).all()  # quantiles stay ordered after the median
+    Checkpoint.of(ensemble).save(str(tmp_path / "ens.pt"))
+    rebuilt = Checkpoint.load(str(tmp_path / "ens.pt")).build()
+    np.testing.assert_array_equal(predict(rebuilt, windows), predict(ensemble, windows))
