@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from service.bundle import BundleError
+from service.errors import ServiceError
 from training.data import DataError, load_long_csv
 from training.export import ParityError
 from training.model import ForecasterConfig
@@ -74,7 +76,26 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--experiment", default="forecasting", help="MLflow experiment name")
     fit.add_argument("--no-register", action="store_true", help="log the run, skip the registry")
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    forecast = commands.add_parser(
+        "forecast", help="forecast the next steps of every series in a CSV with a bundle"
+    )
+    forecast.add_argument("--bundle", type=Path, required=True, help="bundle folder")
+    forecast.add_argument("--data", type=Path, required=True, help="long-format CSV")
+    forecast.add_argument("--out", type=Path, required=True, help="CSV to write")
+    forecast.add_argument("--horizon", type=int, help="steps (default: the model's horizon)")
     return parser
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    from training.batch import forecast_frame
+
+    frame = forecast_frame(args.bundle, args.data, args.horizon)
+    frame.to_csv(args.out, index=False)
+    methods = frame.drop_duplicates("unique_id")["method"].value_counts().to_dict()
+    print(
+        f"wrote {len(frame)} rows for {frame['unique_id'].nunique()} series to {args.out} {methods}"
+    )
+    return 0
 
 
 def _infer_freq(path: Path) -> str:
@@ -94,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("training").setLevel(logging.INFO)
     try:
+        if args.command == "forecast":
+            return _forecast(args)
         freq = args.freq or _infer_freq(args.data)
         name = args.name or args.data.stem
         options = FitOptions(
@@ -130,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         report = run_fit(options)
-    except (DataError, ParityError, ValueError) as exc:
+    except (DataError, ParityError, ServiceError, BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     m = report.bundle.manifest
