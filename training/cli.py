@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--hidden-size", type=int, default=DEFAULT_MODEL.hidden_size)
     fit.add_argument("--num-layers", type=int, default=DEFAULT_MODEL.num_layers)
     fit.add_argument("--dropout", type=float, default=DEFAULT_MODEL.dropout)
+    fit.add_argument("--bidirectional", action="store_true", help="read windows both ways")
+    fit.add_argument("--conv-channels", type=int, default=0, help="> 0: a causal Conv1d front-end")
+    fit.add_argument("--head", choices=["linear", "attention"], default=DEFAULT_MODEL.head)
     fit.add_argument(
         "--quantiles",
         type=_quantiles,
@@ -133,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                     hidden_size=args.hidden_size,
                     num_layers=args.num_layers,
                     dropout=args.dropout,
+                    bidirectional=args.bidirectional,
+                    conv_channels=args.conv_channels,
+                    head=args.head,
                     quantiles=args.quantiles,
                     transform=args.transform,
                 )

@@ -22,6 +22,10 @@ class ForecasterConfig:
     hidden_size: int = 64
     num_layers: int = 2
     dropout: float = 0.1  # between stacked layers, as in the seeds' stacked LSTM
+    bidirectional: bool = False  # encoder reads the window both ways
+    conv_channels: int = 0  # > 0: a causal Conv1d front-end (the seeds' "ConvLSTM")
+    conv_kernel: int = 3
+    head: Literal["linear", "attention"] = "linear"  # attention: per-step queries over states
     transform: Literal["none", "log"] = "none"  # log: for positive, multiplicative series
     scale_eps: float = 1e-5
 
@@ -56,20 +60,64 @@ class WindowScaler(nn.Module):
         return ((v - loc) / scale).float(), loc, scale
 
 
+class ConvFrontEnd(nn.Module):
+    """Causal 1-D convolution over the scaled window: local patterns become the features the
+    recurrent layers read (the seeds' "ConvLSTM")."""
+
+    def __init__(self, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(1, channels, kernel_size=kernel)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, L, C); left-padded so step t sees only steps <= t."""
+        padded = nn.functional.pad(z.unsqueeze(1), (self.kernel - 1, 0))  # (B, 1, L + k - 1)
+        return torch.relu(self.conv(padded)).transpose(1, 2)  # (B, L, C)
+
+
+class AttentionHead(nn.Module):
+    """Direct multi-step decoding with attention (seed 002's encoder-decoder): one learned
+    query per horizon step attends over all encoder states."""
+
+    def __init__(self, state_size: int, horizon: int, n_quantiles: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(horizon, state_size) / state_size**0.5)
+        self.out = nn.Linear(2 * state_size, n_quantiles)
+
+    def forward(self, states: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        """states (B, L, S), summary (B, S) -> (B, H, Q)."""
+        scores = torch.einsum("hs,bls->bhl", self.queries, states) / states.shape[-1] ** 0.5
+        context = torch.einsum("bhl,bls->bhs", scores.softmax(dim=-1), states)  # (B, H, S)
+        horizon = self.queries.shape[0]
+        repeated = summary.unsqueeze(1).expand(-1, horizon, -1)  # (B, H, S)
+        return self.out(torch.cat([context, repeated], dim=-1))  # (B, H, Q)
+
+
 class RecurrentForecaster(nn.Module):
     def __init__(self, config: ForecasterConfig) -> None:
         super().__init__()
         self.config = config
         rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU}[config.cell]
         self.scaler = WindowScaler(config.scale_eps)
+        self.front = (
+            ConvFrontEnd(config.conv_channels, config.conv_kernel) if config.conv_channels else None
+        )
         self.rnn = rnn_cls(
-            input_size=1,
+            input_size=config.conv_channels or 1,
             hidden_size=config.hidden_size,
             num_layers=config.num_layers,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
             batch_first=True,
+            bidirectional=config.bidirectional,
         )
-        self.head = nn.Linear(config.hidden_size, config.horizon * len(config.quantiles))
+        state_size = config.hidden_size * (2 if config.bidirectional else 1)
+        n_out = len(config.quantiles)
+        if config.head == "attention":
+            self.attention: AttentionHead | None = AttentionHead(state_size, config.horizon, n_out)
+            self.head = None
+        else:
+            self.attention = None
+            self.head = nn.Linear(state_size, config.horizon * n_out)
 
     def _transform(self, y: torch.Tensor) -> torch.Tensor:
         return y.double().log() if self.config.transform == "log" else y.double()
@@ -77,12 +125,25 @@ class RecurrentForecaster(nn.Module):
     def forward_scaled(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw windows (B, L) -> quantiles on the window's scale (B, H, Q), loc and scale."""
         z, loc, scale = self.scaler(self._transform(y))  # (B, L), (B, 1), (B, 1)
-        states, _ = self.rnn(z.unsqueeze(-1))  # (B, L, hidden)
-        last = states[:, -1]  # (B, hidden): the encoder's summary of the window
-        q = self.head(last).reshape(-1, self.config.horizon, len(self.config.quantiles))
+        features = self.front(z) if self.front is not None else z.unsqueeze(-1)  # (B, L, C)
+        states, _ = self.rnn(features)  # (B, L, S); S = hidden, or 2 * hidden if bidirectional
+        summary = self._summary(states)  # (B, S)
+        if self.attention is not None:
+            q = self.attention(states, summary)  # (B, H, Q)
+        else:
+            assert self.head is not None
+            q = self.head(summary).reshape(-1, self.config.horizon, len(self.config.quantiles))
         if len(self.config.quantiles) > 1:
             q = torch.sort(q, dim=-1).values  # quantiles never cross
         return q, loc, scale  # (B, H, Q)
+
+    def _summary(self, states: torch.Tensor) -> torch.Tensor:
+        """The encoder's summary of the window: the forward pass's last state, and for a
+        bidirectional encoder the backward pass's state at the first step (it has read all)."""
+        if not self.config.bidirectional:
+            return states[:, -1]
+        hidden = self.config.hidden_size
+        return torch.cat([states[:, -1, :hidden], states[:, 0, hidden:]], dim=-1)
 
     def scale_target(
         self, target: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor

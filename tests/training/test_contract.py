@@ -23,6 +23,12 @@ VARIANTS = {
     "gru_stacked": dict(cell="gru", num_layers=2, dropout=0.1),
     "lstm_quantiles": dict(cell="lstm", num_layers=2, quantiles=(0.1, 0.5, 0.9)),
     "lstm_log": dict(cell="lstm", num_layers=2, transform="log", quantiles=(0.1, 0.5, 0.9)),
+    "lstm_bidirectional": dict(cell="lstm", num_layers=2, bidirectional=True),
+    "gru_conv_front": dict(cell="gru", num_layers=1, conv_channels=4, conv_kernel=3),
+    "lstm_attention": dict(cell="lstm", num_layers=2, head="attention", quantiles=(0.1, 0.5, 0.9)),
+    "bilstm_conv_attention": dict(
+        cell="lstm", num_layers=1, bidirectional=True, conv_channels=4, head="attention"
+    ),
 }
 
 
