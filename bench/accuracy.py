@@ -48,7 +48,7 @@ class Dataset:
 
 
 DATASETS = {
-    "m3-monthly": Dataset("monthly", "MS", (36, 18, 54), 12, 27, 13.85),
+    "m3-monthly": Dataset("monthly", "MS", (36, 18, 27), 12, 27, 13.85),
     "m3-quarterly": Dataset("quarterly", "QS", (16, 8, 24), 4, 12, 8.96),
 }
 
