@@ -153,7 +153,7 @@ def test_unknown_frequency_is_422(client, air_history):
 def test_frequency_the_model_does_not_serve_is_422_naming_what_it_serves(client, air_history):
     detail = _error(client.post("/forecast", json=body(air_history, freq="D")))
     assert detail["type"] == "frequency_not_served"
-    assert "the models serve ['MS']" in detail["msg"]
+    assert "the models serve [" in detail["msg"] and "'MS'" in detail["msg"]
     named = _error(
         client.post("/forecast", json=body(air_history, freq="D") | {"model": "air_passengers"})
     )
@@ -234,3 +234,35 @@ def test_fallback_series_carry_no_quantiles(client, air_history):
         "forecasts"
     ][0]
     assert forecast["method"] == "seasonal_naive" and forecast["quantiles"] is None
+
+
+QUARTERLY = [float(100 + 10 * (i % 4) + i) for i in range(40)]
+
+
+def test_series_are_routed_to_the_model_for_their_frequency(client, air_history):
+    mixed = {
+        "series": [
+            {"id": "q", "history": QUARTERLY, "start": "2000-01-01", "freq": "QS"},
+            {"id": "m", "history": air_history, "start": "1949-01-01", "freq": "MS"},
+        ],
+        "horizon": 4,
+    }
+    q, m = client.post("/forecast", json=mixed).json()["forecasts"]
+    assert q["model"]["name"] == "m3_quarterly" and m["model"]["name"] == "air_passengers"
+    assert q["timestamps"] == ["2010-01-01", "2010-04-01", "2010-07-01", "2010-10-01"]
+    assert m["timestamps"][0] == "1961-01-01"
+    assert 100 < np.mean(q["values"]) < 250  # continues the level of the series
+
+
+def test_a_log_model_refuses_non_positive_values(client):
+    history = [*QUARTERLY[:-1], -5.0]
+    detail = _error(
+        client.post(
+            "/forecast",
+            json={
+                "series": [{"id": "q", "history": history, "start": "2000-01-01", "freq": "QS"}],
+                "horizon": 2,
+            },
+        )
+    )
+    assert "needs values > 0" in detail["msg"] and detail["loc"] == ["body", "series", 0, "history"]
