@@ -48,6 +48,7 @@ class FitOptions:
     register: bool = True
     experiment: str = "forecasting"
     progress: bool = True
+    data_label: str | None = None  # how the manifest names the data (default: the path)
 
 
 @dataclass
@@ -202,7 +203,7 @@ def run_fit(options: FitOptions) -> FitReport:
                     for r in results
                 ],
             },
-            training_data=summarize(df, options.data),
+            training_data=summarize(df, options.data_label or options.data),
             metrics=metrics,
             parity=parity,
             mlflow_ref=ref,
