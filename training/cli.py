@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated quantiles trained with pinball loss (default 0.1,0.5,0.9)",
     )
     fit.add_argument("--transform", choices=["none", "log"], default=DEFAULT_MODEL.transform)
+    fit.add_argument(
+        "--season-length",
+        type=int,
+        default=1,
+        help="> 1: remove each window's seasonal profile of this period inside the model "
+        "(every input size must be a multiple)",
+    )
     fit.add_argument("--max-epochs", type=int, default=DEFAULT_TRAIN.max_epochs)
     fit.add_argument("--batch-size", type=int, default=DEFAULT_TRAIN.batch_size)
     fit.add_argument("--learning-rate", type=float, default=DEFAULT_TRAIN.learning_rate)
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     head=args.head,
                     quantiles=args.quantiles,
                     transform=args.transform,
+                    season_length=args.season_length,
                 )
                 for input_size in args.input_size
             ],

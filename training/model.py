@@ -27,7 +27,17 @@ class ForecasterConfig:
     conv_kernel: int = 3
     head: Literal["linear", "attention"] = "linear"  # attention: per-step queries over states
     transform: Literal["none", "log"] = "none"  # log: for positive, multiplicative series
+    # > 1: remove the window's own seasonal profile (period m) before the encoder and add it
+    # back to the forecast, as classical decomposition and ES-RNN do. L must be a multiple.
+    season_length: int = 1
     scale_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.season_length > 1 and self.input_size % self.season_length:
+            raise ValueError(
+                f"input_size {self.input_size} must be a multiple of season_length "
+                f"{self.season_length} to deseasonalise"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +68,27 @@ class WindowScaler(nn.Module):
         # Population std, plus eps so that a flat window maps to zeros instead of NaN.
         scale = (v - loc).square().mean(dim=1, keepdim=True).sqrt() + self.eps  # (B, 1)
         return ((v - loc) / scale).float(), loc, scale
+
+
+class SeasonalProfile(nn.Module):
+    """The window's seasonal profile: each season position's mean deviation from its cycle's
+    mean, averaged over the window's cycles (zero-mean over a season)."""
+
+    def __init__(self, input_size: int, horizon: int, season_length: int) -> None:
+        super().__init__()
+        self.m = season_length
+        self.cycles = input_size // season_length
+        # Season position of each forecast step (the window starts at position 0).
+        future = [(input_size + h) % season_length for h in range(horizon)]
+        self.register_buffer("future_positions", torch.tensor(future), persistent=False)
+
+    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) float64 -> deseasonalised window (B, L) and profile at the horizon (B, H)."""
+        cycles = v.reshape(-1, self.cycles, self.m)  # (B, k, m)
+        deviations = cycles - cycles.mean(dim=2, keepdim=True)  # (B, k, m)
+        profile = deviations.mean(dim=1)  # (B, m)
+        window = (cycles - profile.unsqueeze(1)).reshape(-1, self.cycles * self.m)  # (B, L)
+        return window, profile[:, self.future_positions]  # (B, L), (B, H)
 
 
 class ConvFrontEnd(nn.Module):
@@ -99,6 +130,11 @@ class RecurrentForecaster(nn.Module):
         self.config = config
         rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU}[config.cell]
         self.scaler = WindowScaler(config.scale_eps)
+        self.season = (
+            SeasonalProfile(config.input_size, config.horizon, config.season_length)
+            if config.season_length > 1
+            else None
+        )
         self.front = (
             ConvFrontEnd(config.conv_channels, config.conv_kernel) if config.conv_channels else None
         )
@@ -123,8 +159,18 @@ class RecurrentForecaster(nn.Module):
         return y.double().log() if self.config.transform == "log" else y.double()
 
     def forward_scaled(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw windows (B, L) -> quantiles on the window's scale (B, H, Q), loc and scale."""
-        z, loc, scale = self.scaler(self._transform(y))  # (B, L), (B, 1), (B, 1)
+        """Raw windows (B, L) -> quantiles on the window's scale (B, H, Q), loc and scale.
+
+        With a seasonal profile, ``loc`` is (B, H): the window's level plus the profile at each
+        forecast step, so that ``q * scale + loc`` is the forecast on the transformed scale.
+        """
+        v = self._transform(y)  # (B, L) float64
+        future_profile = None
+        if self.season is not None:
+            v, future_profile = self.season(v)  # (B, L), (B, H)
+        z, loc, scale = self.scaler(v)  # (B, L), (B, 1), (B, 1)
+        if future_profile is not None:
+            loc = loc + future_profile  # (B, H)
         features = self.front(z) if self.front is not None else z.unsqueeze(-1)  # (B, L, C)
         states, _ = self.rnn(features)  # (B, L, S); S = hidden, or 2 * hidden if bidirectional
         summary = self._summary(states)  # (B, S)
@@ -148,7 +194,9 @@ class RecurrentForecaster(nn.Module):
     def scale_target(
         self, target: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
-        """Raw targets (B, H) -> the scale forward_scaled predicts on (B, H), float32."""
+        """Raw targets (B, H) -> the scale forward_scaled predicts on (B, H), float32.
+
+        loc is (B, 1), or (B, H) with a seasonal profile: it broadcasts over the H steps."""
         return ((self._transform(target) - loc) / scale).float()
 
     @property

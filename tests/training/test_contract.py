@@ -24,6 +24,9 @@ VARIANTS = {
     "lstm_quantiles": dict(cell="lstm", num_layers=2, quantiles=(0.1, 0.5, 0.9)),
     "lstm_log": dict(cell="lstm", num_layers=2, transform="log", quantiles=(0.1, 0.5, 0.9)),
     "lstm_bidirectional": dict(cell="lstm", num_layers=2, bidirectional=True),
+    "lstm_log_deseasonalised": dict(
+        cell="lstm", num_layers=2, transform="log", season_length=12, quantiles=(0.1, 0.5, 0.9)
+    ),
     "gru_conv_front": dict(cell="gru", num_layers=1, conv_channels=4, conv_kernel=3),
     "lstm_attention": dict(cell="lstm", num_layers=2, head="attention", quantiles=(0.1, 0.5, 0.9)),
     "bilstm_conv_attention": dict(
@@ -147,3 +150,14 @@ def test_ensemble_of_two_lengths_and_cells_exports_and_serves_the_median(air, tm
     Checkpoint.of(ensemble).save(str(tmp_path / "ens.pt"))
     rebuilt = Checkpoint.load(str(tmp_path / "ens.pt")).build()
     np.testing.assert_array_equal(predict(rebuilt, windows), predict(ensemble, windows))
+
+
+def test_seasonal_profile_is_removed_from_the_window_and_added_to_the_forecast():
+    from training.model import SeasonalProfile
+
+    season = SeasonalProfile(input_size=8, horizon=3, season_length=4)
+    pattern = torch.tensor([1.0, -1.0, 2.0, -2.0], dtype=torch.float64)
+    level = torch.tensor([10.0, 10.0, 10.0, 10.0, 20.0, 20.0, 20.0, 20.0], dtype=torch.float64)
+    window, future = season((level + pattern.repeat(2)).unsqueeze(0))
+    torch.testing.assert_close(window[0], level)  # the pattern is gone, the level stays
+    torch.testing.assert_close(future[0], pattern[:3])  # steps 8, 9, 10 are positions 0, 1, 2
