@@ -29,8 +29,8 @@ test: $(VENV)/.dev-installed
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev-installed
-	$(PY) -m ruff check service training tests
-	$(PY) -m ruff format --check service training tests
+	$(PY) -m ruff check service training tests bench
+	$(PY) -m ruff format --check service training tests bench
 	$(PY) -m mypy
 
 # Retrain the bundled AirPassengers model (README: "Retrain the bundle").
