@@ -33,8 +33,13 @@ INPUT_NAME, OUTPUT_NAME = "y", "forecast"
 # for real series it is the scale the network computes in. Raw absolute differences can't be
 # held to 1e-4 for outputs in the hundreds or thousands: torch's and onnxruntime's LSTM kernels
 # already differ by a few float32 ulps there (1 ulp at 600 is 6e-5). Both figures are recorded.
+# Models that take logs are compared in log units (their own): on wild inputs their exp makes
+# outputs so large that float32 rounding alone passes 1e-4 of the raw window's std.
 TOLERANCE = 1e-4
-PARITY_RULE = "|onnxruntime - torch| <= 1e-4 * max(1, std of the input window)"
+PARITY_RULE = (
+    "|onnxruntime - torch| <= 1e-4 * max(1, std of the input window); "
+    "for models that take logs, both sides in log units"
+)
 
 
 class ParityError(RuntimeError):

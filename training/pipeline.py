@@ -128,6 +128,10 @@ def run_fit(options: FitOptions) -> FitReport:
             }
         )
         model, results = train_members(options, series)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = Path(tmp) / "model.pt"
+            Checkpoint.of(model).save(str(checkpoint))
+            tracking.log_checkpoint(checkpoint)
         split = _split(options, series, model.input_size)
         metrics, forecasts = evaluate_holdout(model, split, m)
         mlflow.log_metrics(
@@ -166,21 +170,17 @@ def run_fit(options: FitOptions) -> FitReport:
             }
         )
 
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = Path(tmp) / "model.pt"
-            Checkpoint.of(model).save(str(checkpoint))
-            ref = tracking.log_model(
-                run,
-                model_bytes,
-                checkpoint,
-                registered_model_name=options.name if options.register else None,
-                metadata={
-                    "input_size": model.input_size,
-                    "horizon": model.horizon,
-                    "frequency": options.freq,
-                    "quantiles": list(model.quantiles),
-                },
-            )
+        ref = tracking.log_model(
+            run,
+            model_bytes,
+            registered_model_name=options.name if options.register else None,
+            metadata={
+                "input_size": model.input_size,
+                "horizon": model.horizon,
+                "frequency": options.freq,
+                "quantiles": list(model.quantiles),
+            },
+        )
         version = ref.registered_model_version or datetime.now(UTC).strftime("local-%Y%m%d%H%M%S")
         manifest = build_manifest(
             name=options.name,

@@ -75,19 +75,19 @@ def epoch_logger(prefix: str = "") -> Callable[[int, float, float], None]:
     return log_epoch
 
 
+def log_checkpoint(checkpoint_path: Path) -> None:
+    """The torch checkpoint, in the run: a later finetune starts from the registered version's
+    weights, and a refused export loses no training."""
+    mlflow.log_artifact(str(checkpoint_path), artifact_path=CHECKPOINT_ARTIFACT)
+
+
 def log_model(
     run: Run,
     model_bytes: bytes,
-    checkpoint_path: Path,
     registered_model_name: str | None,
     metadata: dict[str, Any],
 ) -> MlflowRef:
-    """Log the ONNX graph as an MLflow model (registering a version if a name is given).
-
-    The torch checkpoint is logged beside it in the run, so a later finetune can start from the
-    registered version's weights.
-    """
-    mlflow.log_artifact(str(checkpoint_path), artifact_path=CHECKPOINT_ARTIFACT)
+    """Log the ONNX graph as an MLflow model (registering a version if a name is given)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / MODEL_FILE
         path.write_bytes(model_bytes)
