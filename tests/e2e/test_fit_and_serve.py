@@ -66,7 +66,8 @@ def test_cli_prints_lstm_and_seasonal_naive_metrics(trained):
         line.split("|")[1].strip(): line for line in stdout.splitlines() if line.startswith("| ")
     }
     assert set(lines) >= {"method", "lstm", "seasonal_naive"}
-    assert [c.strip() for c in lines["method"].split("|")[2:6]] == ["MAE", "RMSE", "SMAPE", "MASE"]
+    columns = [c.strip() for c in lines["method"].split("|")[2:-1]]
+    assert columns == ["MAE", "RMSE", "SMAPE", "MAPE", "MASE", "COVERAGE_80", "SCALED_PINBALL"]
     assert float(lines["seasonal_naive"].split("|")[2]) == pytest.approx(47.833, abs=1e-3)
     assert "bundle air_e2e version 1" in stdout
 
