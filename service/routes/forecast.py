@@ -46,9 +46,12 @@ async def forecast_stored(
     sessions: SessionsDep,
     horizon: Annotated[int, Query(ge=1)],
     level: Annotated[list[float] | None, Query(gt=0, lt=100)] = None,
+    model: Annotated[str | None, Query(description="Default: the series' frequency's.")] = None,
 ) -> ForecastResponse:
     """The forecast for one stored series, from its latest observations."""
-    body = ForecastRequest(series=[SeriesInput(id=series_id)], horizon=horizon, level=level)
+    body = ForecastRequest(
+        series=[SeriesInput(id=series_id)], horizon=horizon, level=level, model=model
+    )
     try:
         forecasts = await run_in_threadpool(run_forecast, body, models, settings, sessions)
     except ServiceError as exc:
