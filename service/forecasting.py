@@ -39,6 +39,7 @@ from service.timeindex import (
     is_on_frequency,
     parse_frequency,
     same_frequency,
+    season_position,
     step_from,
     window_index,
 )
@@ -57,6 +58,7 @@ class Plan:
     labels: tuple[str, ...]  # timestamps of the forecast steps
     fallback: str | None  # None: the model; else "seasonal_naive" or "naive"
     stored: bool
+    position: int = 0  # the first forecast step's calendar position (calendar models only)
 
 
 def plan_request(
@@ -177,8 +179,10 @@ def _plan_inline(
     values = history[-forecaster.manifest.input_size :]
     if fallback is None:
         _check_range(values, forecaster, (*loc, "history"))
-    labels = future_labels(step_from(start, n - 1, freq), request.horizon, freq)
-    return Plan(index, series.id, forecaster, values, labels, fallback, stored=False)
+    last = step_from(start, n - 1, freq)
+    labels = future_labels(last, request.horizon, freq)
+    position = _position(forecaster, last, freq)
+    return Plan(index, series.id, forecaster, values, labels, fallback, False, position)
 
 
 def _plan_stored(
@@ -216,7 +220,15 @@ def _plan_stored(
     if fallback is None:
         _check_range(values, forecaster, (*loc, "id"))
     labels = future_labels(ts[-1], request.horizon, freq)
-    return Plan(index, window.series_id, forecaster, values, labels, fallback, stored=True)
+    position = _position(forecaster, ts[-1], freq)
+    return Plan(index, window.series_id, forecaster, values, labels, fallback, True, position)
+
+
+def _position(forecaster: Forecaster, last: datetime, freq: str) -> int:
+    """Calendar position of the step after ``last``, for models that read the calendar."""
+    if not forecaster.manifest.covariates:
+        return 0
+    return season_position(step_from(last, 1, freq), freq)
 
 
 def infer(plans: list[Plan], request: ForecastRequest) -> list[SeriesForecast]:
@@ -243,7 +255,8 @@ def infer(plans: list[Plan], request: ForecastRequest) -> list[SeriesForecast]:
         forecaster = group[0].forecaster
         m = forecaster.manifest
         windows = np.asarray([p.values for p in group], dtype=np.float32)  # (B, L)
-        output = forecaster.predict(windows)[:, :horizon]  # (B, horizon, Q)
+        positions = np.asarray([p.position for p in group], dtype=np.float32)  # (B,)
+        output = forecaster.predict(windows, positions)[:, :horizon]  # (B, horizon, Q)
         bad = np.flatnonzero(~np.isfinite(output).all(axis=(1, 2)))
         if bad.size:  # e.g. values near float32's limit overflow the window statistics
             raise InvalidInput(

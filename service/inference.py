@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from service.bundle import Bundle, BundleError, BundleManifest, read_bundle
 from service.config import Provider
+from service.timeindex import calendar_covariate
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,18 @@ class Forecaster:
     def provider(self) -> str:
         return str(self.session.get_providers()[0])
 
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        """Raw input windows (B, L) float32 -> quantile forecasts (B, H, Q) float32."""
-        (input_spec,) = self.manifest.inputs
-        (output,) = self.session.run([self.manifest.outputs[0].name], {input_spec.name: windows})
+    def predict(self, windows: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """Raw input windows (B, L) float32 -> quantile forecasts (B, H, Q) float32.
+
+        A model with a calendar covariate also reads ``positions`` (B,): each series' first
+        forecast step's position in the seasonal period (``timeindex.season_position``)."""
+        window_spec, *covariate_specs = self.manifest.inputs
+        feed = {window_spec.name: windows}
+        if covariate_specs:
+            if positions is None:
+                raise ValueError(f"model {self.manifest.name!r} reads {self.manifest.covariates}")
+            feed[covariate_specs[0].name] = positions.astype(np.float32, copy=False)
+        (output,) = self.session.run([self.manifest.outputs[0].name], feed)
         return np.asarray(output)
 
 
@@ -88,6 +97,16 @@ def _check_graph_matches_manifest(forecaster: Forecaster) -> None:
     )
     if declared != actual:
         raise BundleError(f"graph signature {actual} does not match the manifest's {declared}")
+    if len(m.inputs) != 1 + len(m.covariates) or len(m.covariates) > 1:
+        raise BundleError(
+            f"the manifest lists covariates {m.covariates} and inputs "
+            f"{[t.name for t in m.inputs]}: expected the window plus at most one calendar input"
+        )
+    if m.covariates and (m.frequency is None or m.covariates != [calendar_covariate(m.frequency)]):
+        raise BundleError(
+            f"covariates {m.covariates} can't be computed for frequency {m.frequency!r}; the "
+            "service computes one calendar covariate from timestamps (month_of_year for MS...)"
+        )
     if m.inputs[0].shape[1:] != [m.input_size]:
         raise BundleError(
             f"graph input {m.inputs[0].shape} does not read input_size={m.input_size}"
@@ -104,8 +123,9 @@ def _warm_up(forecaster: Forecaster) -> None:
     m = forecaster.manifest
     ramp = np.linspace(1.0, 2.0, m.input_size, dtype=np.float32)
     windows = np.stack([ramp, ramp * 100.0])  # (2, L): batch > 1 proves the batch axis is free
+    positions = np.array([0.0, m.seasonal_period - 1], dtype=np.float32)
     try:
-        out = forecaster.predict(windows)
+        out = forecaster.predict(windows, positions)
     except Exception as exc:
         raise BundleError(f"warm-up inference failed: {exc}") from exc
     if out.shape != (2, m.horizon, len(m.quantiles)) or not np.isfinite(out).all():

@@ -36,11 +36,61 @@ def same_frequency(a: str, b: str) -> bool:
 
 def seasonal_period(freq: str) -> int:
     offset = parse_frequency(freq)
-    base = offset.name.split("-")[0]  # QS-JAN -> QS, W-SUN -> W
+    base = _base(offset)
     if base in _PER_DAY:
         per_day, step = _PER_DAY[base], offset.n
         return per_day // step if per_day % step == 0 else 1
     return max(1, _PERIODS.get(base, 1) // max(1, offset.n))
+
+
+# Calendar covariates: where a timestamp falls within its seasonal period, by base alias:
+# the covariate's name and the calendar index it counts in (before dividing by the offset's n).
+_CALENDAR = {
+    "MS": "month_of_year",
+    "ME": "month_of_year",
+    "QS": "quarter_of_year",
+    "QE": "quarter_of_year",
+    "W": "week_of_year",
+    "D": "day_of_week",
+    "B": "day_of_week",
+    "h": "hour_of_day",
+    "min": "minute_of_day",
+    "s": "second_of_day",
+}
+
+
+def _base(offset: BaseOffset) -> str:
+    return str(offset.name.split("-")[0])  # QS-JAN -> QS, W-SUN -> W
+
+
+def calendar_covariate(freq: str) -> str | None:
+    """The name of the calendar covariate for a frequency (``month_of_year`` for MS), or None
+    when the frequency has no seasonal period to place a timestamp in."""
+    if seasonal_period(freq) <= 1:
+        return None
+    return _CALENDAR.get(_base(parse_frequency(freq)))
+
+
+@lru_cache(maxsize=65536)
+def season_position(ts: datetime, freq: str) -> int:
+    """Where ``ts`` falls within its seasonal period, 0 .. period - 1, from the calendar alone:
+    January is 0 of 12 for MS, the third quarter 2 of 4 for QS, Monday 0 of 7 for D, 14:00 is
+    14 of 24 for h. Series of one frequency then agree on what each position means, whatever
+    their start."""
+    offset, period = parse_frequency(freq), seasonal_period(freq)
+    base = _base(offset)
+    if base in ("MS", "ME"):
+        index = ts.month - 1
+    elif base in ("QS", "QE"):
+        index = (ts.month - 1) // 3
+    elif base == "W":
+        index = ts.isocalendar()[1] - 1
+    elif base in ("D", "B"):
+        index = ts.weekday()
+    else:  # within the day: h, min, s
+        seconds = (ts.hour * 60 + ts.minute) * 60 + ts.second
+        index = seconds // {"h": 3600, "min": 60}.get(base, 1)
+    return (index // max(1, offset.n)) % period
 
 
 def is_on_frequency(ts: datetime, offset: BaseOffset) -> bool:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from service.bundle import BundleError
 from service.errors import ServiceError
+from service.timeindex import seasonal_period
 from training.data import DataError, load_long_csv
 from training.export import ParityError
 from training.model import ForecasterConfig
@@ -68,6 +69,18 @@ def _parser() -> argparse.ArgumentParser:
         help="> 1: remove each window's seasonal profile of this period inside the model "
         "(every input size must be a multiple)",
     )
+    fit.add_argument(
+        "--season-gate",
+        action="store_true",
+        help="with --season-length: learn per window how much of the removed profile returns "
+        "to the forecast (a noisy window's profile is mostly noise)",
+    )
+    fit.add_argument(
+        "--calendar",
+        action="store_true",
+        help="read the calendar: each step's position in the seasonal period of --freq "
+        "(month of year for MS, quarter for QS...); the service computes it from timestamps",
+    )
     fit.add_argument("--max-epochs", type=int, default=DEFAULT_TRAIN.max_epochs)
     fit.add_argument("--batch-size", type=int, default=DEFAULT_TRAIN.batch_size)
     fit.add_argument("--learning-rate", type=float, default=DEFAULT_TRAIN.learning_rate)
@@ -82,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--recent-windows", type=int, help="train on each series' latest N windows only"
+    )
+    fit.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="keep the early-stopped weights; by default the model trains again, for the "
+        "chosen epochs, on windows that reach through the validation window",
     )
     fit.add_argument("--experiment", default="forecasting", help="MLflow experiment name")
     fit.add_argument("--no-register", action="store_true", help="log the run, skip the registry")
@@ -149,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                     quantiles=args.quantiles,
                     transform=args.transform,
                     season_length=args.season_length,
+                    season_gate=args.season_gate,
+                    calendar_period=seasonal_period(freq) if args.calendar else 0,
                 )
                 for input_size in args.input_size
             ],
@@ -162,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             min_observed=args.min_observed,
             recent_windows=args.recent_windows,
+            refit=not args.no_refit,
             register=not args.no_register,
             experiment=args.experiment,
             progress=not args.no_progress,

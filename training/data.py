@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from service.bundle import TrainingDataSummary
-from service.timeindex import parse_frequency
+from service.timeindex import parse_frequency, season_position, seasonal_period
 
 LONG_COLUMNS = ("unique_id", "ds", "y")
 
@@ -107,19 +107,42 @@ def sliding_windows(
 
 
 @dataclass(frozen=True)
+class SeriesCalendar:
+    """Where each series starts within the calendar period (``service.timeindex``'s
+    season_position of its first timestamp), for models with a calendar covariate."""
+
+    starts: dict[str, int]
+    period: int
+
+    @classmethod
+    def of(cls, df: pd.DataFrame, freq: str) -> SeriesCalendar:
+        first = df.groupby("unique_id", sort=False)["ds"].min()
+        starts = {str(uid): season_position(ts.to_pydatetime(), freq) for uid, ts in first.items()}
+        return cls(starts=starts, period=seasonal_period(freq))
+
+    def positions(self, series_id: str, index: np.ndarray) -> np.ndarray:
+        """Calendar positions of the values at ``index`` (0 = the series' first value)."""
+        return ((self.starts[series_id] + index) % self.period).astype(np.float32)
+
+
+@dataclass(frozen=True)
 class Split:
     """Windows for training, early stopping and the final holdout, across all series.
 
     Per series the last ``horizon`` values are the holdout (test), the ``horizon`` before them
-    are the validation targets, and training windows target only what comes earlier.
+    are the validation targets, and training windows target only what comes earlier. Each
+    window comes with the calendar position of its first target (all 0 without a calendar).
     """
 
     train_x: np.ndarray  # (N, L)
     train_y: np.ndarray  # (N, H)
+    train_pos: np.ndarray  # (N,)
     val_x: np.ndarray  # (S, L): one window per series
     val_y: np.ndarray  # (S, H)
+    val_pos: np.ndarray  # (S,)
     test_x: np.ndarray  # (S, L)
     test_y: np.ndarray  # (S, H)
+    test_pos: np.ndarray  # (S,)
     ids: list[str]
     insample: list[np.ndarray]  # per series: everything before the holdout (for MASE, naive)
 
@@ -130,11 +153,18 @@ def holdout_split(
     horizon: int,
     min_observed: int | None = None,
     recent_windows: int | None = None,
+    include_validation: bool = False,
+    calendar: SeriesCalendar | None = None,
 ) -> Split:
     """``min_observed`` < input_size admits series shorter than input_size + 3 * horizon; their
     windows are left-padded (see sliding_windows). ``recent_windows`` keeps only each series'
     latest training windows: every series then weighs about the same, and recent behaviour
-    counts most (N-BEATS's history limit on M3 and M4)."""
+    counts most (N-BEATS's history limit on M3 and M4).
+
+    ``include_validation``: the training windows also target the validation window (they
+    reach up to the test part), and the split has no validation windows. This is the refit
+    after early stopping has chosen the number of epochs: the latest values, the most
+    informative ones, are then learned from too."""
     observed = input_size if min_observed is None else min(min_observed, input_size)
     # Unpadded: every series needs a full training window, plus validation and test. Padded: a
     # series needs only one real value before its validation and test targets; one too short
@@ -146,27 +176,43 @@ def holdout_split(
             f"{len(short)} series have fewer than {need} values "
             f"(e.g. {short[:3]}); use a smaller --input-size or drop them"
         )
-    train_x, train_y, val_x, val_y, test_x, test_y, insample = [], [], [], [], [], [], []
-    for values in series.values():
+    calendar = calendar or SeriesCalendar({uid: 0 for uid in series}, 1)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in Split.__dataclass_fields__}
+    for uid, values in series.items():
         before_test = values[:-horizon]
         before_val = before_test[:-horizon]
-        x, y = sliding_windows(before_val, input_size, horizon, observed)
+        trained = before_test if include_validation else before_val
+        x, y = sliding_windows(trained, input_size, horizon, observed)
+        # Window i's first target is value i + L - padding of the series.
+        first_target = np.arange(len(x)) + observed
         if recent_windows is not None:
-            x, y = x[-recent_windows:], y[-recent_windows:]
-        train_x.append(x)
-        train_y.append(y)
-        val_x.append(left_pad(before_val, input_size)[-input_size:])
-        val_y.append(before_test[-horizon:])
-        test_x.append(left_pad(before_test, input_size)[-input_size:])
-        test_y.append(values[-horizon:])
-        insample.append(before_test)
+            x, y, first_target = (
+                x[-recent_windows:],
+                y[-recent_windows:],
+                first_target[-recent_windows:],
+            )
+        parts["train_x"].append(x)
+        parts["train_y"].append(y)
+        parts["train_pos"].append(calendar.positions(uid, first_target))
+        if not include_validation:
+            parts["val_x"].append(left_pad(before_val, input_size)[None, -input_size:])
+            parts["val_y"].append(before_test[None, -horizon:])
+            parts["val_pos"].append(calendar.positions(uid, np.array([len(before_val)])))
+        parts["test_x"].append(left_pad(before_test, input_size)[None, -input_size:])
+        parts["test_y"].append(values[None, -horizon:])
+        parts["test_pos"].append(calendar.positions(uid, np.array([len(before_test)])))
+    empty = {
+        "val_x": np.empty((0, input_size), np.float32),
+        "val_y": np.empty((0, horizon), np.float32),
+        "val_pos": np.empty(0, np.float32),
+    }
+    arrays = {
+        k: np.concatenate(v) if v else empty[k]
+        for k, v in parts.items()
+        if k not in ("ids", "insample")
+    }
     return Split(
-        train_x=np.concatenate(train_x),
-        train_y=np.concatenate(train_y),
-        val_x=np.stack(val_x),
-        val_y=np.stack(val_y),
-        test_x=np.stack(test_x),
-        test_y=np.stack(test_y),
+        **arrays,
         ids=list(series),
-        insample=insample,
+        insample=[values[:-horizon] for values in series.values()],
     )

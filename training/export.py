@@ -21,6 +21,7 @@ from service.bundle import (
     TensorSpec,
     TrainingDataSummary,
 )
+from service.timeindex import calendar_covariate
 from training.model import Forecaster
 from training.train import predict
 
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "y", "forecast"
+# Calendar models take a second input: the first forecast step's position in the period.
+POSITION_NAME = "season_position"
 # The parity gate. A difference is measured in units of the input window's standard deviation
 # (never less than 1): for standard-normal windows that is the plain absolute difference, and
 # for real series it is the scale the network computes in. Raw absolute differences can't be
@@ -47,18 +50,28 @@ class ParityError(RuntimeError):
     """onnxruntime's output differs from torch's beyond the tolerance: the export is refused."""
 
 
+def input_names(model: Forecaster) -> list[str]:
+    return [INPUT_NAME, POSITION_NAME] if model.calendar_period else [INPUT_NAME]
+
+
 def export_onnx(model: Forecaster) -> bytes:
     """Serialize the module with a dynamic batch axis; the window length L is fixed."""
     model = model.eval()
     example = torch.rand(2, model.input_size) * 100.0 + 1.0  # (B, L), positive for log models
+    batch = torch.export.Dim("batch")
+    args: tuple[torch.Tensor, ...] = (example,)
+    dynamic_shapes: dict[str, dict[int, object]] = {"y": {0: batch}}
+    if model.calendar_period:
+        args = (example, torch.tensor([0.0, 5.0]))  # (B,) positions
+        dynamic_shapes["position"] = {0: batch}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter warns about internals we don't control
         program = torch.onnx.export(
             model,
-            (example,),
-            input_names=[INPUT_NAME],
+            args,
+            input_names=input_names(model),
             output_names=[OUTPUT_NAME],
-            dynamic_shapes={"y": {0: torch.export.Dim("batch")}},
+            dynamic_shapes=dynamic_shapes,
             opset_version=OPSET,
             dynamo=True,
             verbose=False,
@@ -75,34 +88,59 @@ def export_onnx(model: Forecaster) -> bytes:
 class ParityCase:
     name: str
     windows: np.ndarray  # (B, L) raw values
+    positions: np.ndarray  # (B,) calendar positions (read by calendar models only)
     # False: a stress case, recorded in the report but not refusing the export (i.i.d. windows
     # spanning the data's whole range are no series' shape; a model may extrapolate wildly).
     gate: bool = True
 
 
 def parity_cases(
-    heldout: np.ndarray, low: float, high: float, seed: int = 0, positive: bool = False
+    heldout: np.ndarray,
+    heldout_positions: np.ndarray,
+    data_range: tuple[float, float],
+    *,
+    seed: int = 0,
+    positive: bool = False,
+    period: int = 1,
 ) -> list[ParityCase]:
     """Held-out windows, standard-normal batches of 1 and 256 (log-normal for models that
-    need positive inputs): these gate the export. Plus a stress case that is only recorded:
-    256 windows drawn uniformly from the data's value range."""
+    need positive inputs) at random calendar positions: these gate the export. Plus a stress
+    case that is only recorded: 256 windows drawn uniformly from the data's value range."""
     rng = np.random.default_rng(seed)
     input_size = heldout.shape[1]
+
+    def positions(batch: int) -> np.ndarray:
+        return rng.integers(0, max(1, period), batch).astype(np.float32)
 
     def random(batch: int) -> np.ndarray:
         draws = rng.standard_normal((batch, input_size))
         return (np.exp(draws) if positive else draws).astype(np.float32)
 
     return [
-        ParityCase("heldout", heldout.astype(np.float32)),
-        ParityCase("random_batch_1", random(1)),
-        ParityCase("random_batch_256", random(256)),
+        ParityCase("heldout", heldout.astype(np.float32), heldout_positions.astype(np.float32)),
+        ParityCase("random_batch_1", random(1), positions(1)),
+        ParityCase("random_batch_256", random(256), positions(256)),
         ParityCase(
             "random_data_range_256",
-            rng.uniform(low, high, size=(256, input_size)).astype(np.float32),
+            rng.uniform(*data_range, size=(256, input_size)).astype(np.float32),
+            positions(256),
             gate=False,
         ),
     ]
+
+
+def _scaled_diff(
+    model: Forecaster, windows: np.ndarray, actual: np.ndarray, expected: np.ndarray
+) -> np.ndarray:
+    """|onnxruntime - torch| in units of max(1, the window's std), both in the units the network
+    computes in: logs for models that take logs. (B, L), (B, H, Q) x 2 -> (B, H, Q)."""
+    w, a, e = (v.astype(np.float64) for v in (windows, actual, expected))
+    if model.positive_only:
+        # A non-positive output is a failure in log units too: log gives -inf or NaN there.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w, a, e = np.log(w), np.log(a), np.log(e)
+    unit = np.maximum(1.0, w.std(axis=1))  # (B,)
+    return np.abs(a - e) / unit[:, None, None]
 
 
 def check_parity(model: Forecaster, model_bytes: bytes, cases: list[ParityCase]) -> ParityReport:
@@ -110,12 +148,16 @@ def check_parity(model: Forecaster, model_bytes: bytes, cases: list[ParityCase])
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     max_abs, max_scaled, checks = 0.0, 0.0, []
     for case in cases:
-        expected = predict(model, case.windows)  # (B, H, Q)
-        (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: case.windows})
+        positions = case.positions if model.calendar_period else None
+        expected = predict(model, case.windows, positions)  # (B, H, Q)
+        feed = {INPUT_NAME: case.windows}
+        if positions is not None:
+            feed[POSITION_NAME] = positions
+        (actual,) = session.run([OUTPUT_NAME], feed)
         diff = np.abs(actual.astype(np.float64) - expected)  # (B, H, Q)
-        unit = np.maximum(1.0, case.windows.astype(np.float64).std(axis=1))  # (B,)
-        scaled = diff / unit[:, None, None]
-        case_abs, case_scaled = float(diff.max()), float(scaled.max())
+        case_abs = float(diff.max())
+        scaled = _scaled_diff(model, case.windows, actual, expected)  # (B, H, Q)
+        case_scaled = float(scaled.max())
         if not case.gate:
             checks.append(
                 f"{case.name} (stress, not gating): batch {len(case.windows)}, "
@@ -155,6 +197,14 @@ def build_manifest(
     parity: ParityReport,
     mlflow_ref: MlflowRef | None,
 ) -> BundleManifest:
+    covariate = None
+    if model.calendar_period:
+        covariate = calendar_covariate(frequency) if frequency else None
+        if covariate is None or seasonal_period != model.calendar_period:
+            raise ValueError(
+                f"a calendar model (period {model.calendar_period}) needs a frequency with "
+                f"that seasonal period; got {frequency!r} (period {seasonal_period})"
+            )
     return BundleManifest(
         name=name,
         version=version,
@@ -165,7 +215,9 @@ def build_manifest(
         seasonal_period=seasonal_period,
         quantiles=list(model.quantiles),
         input_domain="positive" if model.positive_only else "real",
-        inputs=[TensorSpec(name=INPUT_NAME, shape=["batch", model.input_size])],
+        inputs=[TensorSpec(name=INPUT_NAME, shape=["batch", model.input_size])]
+        + ([TensorSpec(name=POSITION_NAME, shape=["batch"])] if covariate else []),
+        covariates=[covariate] if covariate else [],
         outputs=[
             TensorSpec(name=OUTPUT_NAME, shape=["batch", model.horizon, len(model.quantiles)])
         ],

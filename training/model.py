@@ -30,6 +30,14 @@ class ForecasterConfig:
     # > 1: remove the window's own seasonal profile (period m) before the encoder and add it
     # back to the forecast, as classical decomposition and ES-RNN do. L must be a multiple.
     season_length: int = 1
+    # With season_length > 1: the encoder also reads the removed profile, and a learned gate
+    # in [0, 1] decides per window how much of it returns to the forecast. A noisy window's
+    # "profile" is mostly noise, which a fixed decomposition would add back in full.
+    season_gate: bool = False
+    # > 1: a calendar covariate. The graph takes a second input, the position of the first
+    # forecast step within this period (month of year for monthly data: 0 = January), and
+    # every encoder step reads its own position as sin and cos.
+    calendar_period: int = 0
     scale_eps: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -38,6 +46,10 @@ class ForecasterConfig:
                 f"input_size {self.input_size} must be a multiple of season_length "
                 f"{self.season_length} to deseasonalise"
             )
+        if self.calendar_period == 1:
+            raise ValueError("a calendar covariate needs a frequency with a seasonal period > 1")
+        if self.season_gate and self.season_length <= 1:
+            raise ValueError("season_gate needs season_length > 1 (a profile to gate)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,27 +94,45 @@ class SeasonalProfile(nn.Module):
         future = [(input_size + h) % season_length for h in range(horizon)]
         self.register_buffer("future_positions", torch.tensor(future), persistent=False)
 
-    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) float64 -> deseasonalised window (B, L) and profile at the horizon (B, H)."""
+    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L) float64 -> deseasonalised window (B, L), the profile over the window (B, L)
+        and at the horizon (B, H)."""
         cycles = v.reshape(-1, self.cycles, self.m)  # (B, k, m)
         deviations = cycles - cycles.mean(dim=2, keepdim=True)  # (B, k, m)
         profile = deviations.mean(dim=1)  # (B, m)
-        window = (cycles - profile.unsqueeze(1)).reshape(-1, self.cycles * self.m)  # (B, L)
-        return window, profile[:, self.future_positions]  # (B, L), (B, H)
+        past = profile.repeat(1, self.cycles)  # (B, L): the window starts at position 0
+        return v - past, past, profile[:, self.future_positions]
+
+
+class CalendarFeatures(nn.Module):
+    """Each input step's position within the calendar period as (sin, cos): the encoder knows
+    which month (or quarter, weekday...) every value belongs to."""
+
+    def __init__(self, input_size: int, period: int) -> None:
+        super().__init__()
+        # Offsets of the input steps from the first forecast step: -L .. -1.
+        steps = torch.arange(-input_size, 0, dtype=torch.float32)
+        self.register_buffer("angles", 2 * torch.pi * steps / period, persistent=False)
+        self.step = 2 * torch.pi / period
+
+    def forward(self, position: torch.Tensor) -> torch.Tensor:
+        """(B,) position of the first forecast step -> (B, L, 2)."""
+        angle = position.float().unsqueeze(-1) * self.step + self.angles  # (B, L)
+        return torch.stack([angle.sin(), angle.cos()], dim=-1)
 
 
 class ConvFrontEnd(nn.Module):
     """Causal 1-D convolution over the scaled window: local patterns become the features the
     recurrent layers read (the seeds' "ConvLSTM")."""
 
-    def __init__(self, channels: int, kernel: int) -> None:
+    def __init__(self, in_channels: int, channels: int, kernel: int) -> None:
         super().__init__()
         self.kernel = kernel
-        self.conv = nn.Conv1d(1, channels, kernel_size=kernel)
+        self.conv = nn.Conv1d(in_channels, channels, kernel_size=kernel)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, L) -> (B, L, C); left-padded so step t sees only steps <= t."""
-        padded = nn.functional.pad(z.unsqueeze(1), (self.kernel - 1, 0))  # (B, 1, L + k - 1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, F) -> (B, L, C); left-padded so step t sees only steps <= t."""
+        padded = nn.functional.pad(x.transpose(1, 2), (self.kernel - 1, 0))  # (B, F, L + k - 1)
         return torch.relu(self.conv(padded)).transpose(1, 2)  # (B, L, C)
 
 
@@ -135,11 +165,20 @@ class RecurrentForecaster(nn.Module):
             if config.season_length > 1
             else None
         )
+        self.calendar = (
+            CalendarFeatures(config.input_size, config.calendar_period)
+            if config.calendar_period > 1
+            else None
+        )
+        # The scaled value, plus the scaled profile (gate), plus sin and cos (calendar).
+        n_features = 1 + int(config.season_gate) + 2 * int(self.calendar is not None)
         self.front = (
-            ConvFrontEnd(config.conv_channels, config.conv_kernel) if config.conv_channels else None
+            ConvFrontEnd(n_features, config.conv_channels, config.conv_kernel)
+            if config.conv_channels
+            else None
         )
         self.rnn = rnn_cls(
-            input_size=config.conv_channels or 1,
+            input_size=config.conv_channels or n_features,
             hidden_size=config.hidden_size,
             num_layers=config.num_layers,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
@@ -147,6 +186,7 @@ class RecurrentForecaster(nn.Module):
             bidirectional=config.bidirectional,
         )
         state_size = config.hidden_size * (2 if config.bidirectional else 1)
+        self.gate = nn.Linear(state_size, 1) if config.season_gate else None
         n_out = len(config.quantiles)
         if config.head == "attention":
             self.attention: AttentionHead | None = AttentionHead(state_size, config.horizon, n_out)
@@ -158,22 +198,37 @@ class RecurrentForecaster(nn.Module):
     def _transform(self, y: torch.Tensor) -> torch.Tensor:
         return y.double().log() if self.config.transform == "log" else y.double()
 
-    def forward_scaled(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_scaled(
+        self, y: torch.Tensor, position: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw windows (B, L) -> quantiles on the window's scale (B, H, Q), loc and scale.
+        ``position`` (B,): the first forecast step's calendar position (calendar models only).
 
         With a seasonal profile, ``loc`` is (B, H): the window's level plus the profile at each
         forecast step, so that ``q * scale + loc`` is the forecast on the transformed scale.
         """
         v = self._transform(y)  # (B, L) float64
-        future_profile = None
+        past_profile = future_profile = None
         if self.season is not None:
-            v, future_profile = self.season(v)  # (B, L), (B, H)
+            v, past_profile, future_profile = self.season(v)  # (B, L), (B, L), (B, H)
         z, loc, scale = self.scaler(v)  # (B, L), (B, 1), (B, 1)
-        if future_profile is not None:
-            loc = loc + future_profile  # (B, H)
-        features = self.front(z) if self.front is not None else z.unsqueeze(-1)  # (B, L, C)
+        features = z.unsqueeze(-1)  # (B, L, 1)
+        if self.gate is not None:
+            assert past_profile is not None
+            profile = (past_profile / scale).float().unsqueeze(-1)  # (B, L, 1)
+            features = torch.cat([features, profile], dim=-1)  # (B, L, 2)
+        if self.calendar is not None:
+            if position is None:
+                raise ValueError("this model reads a calendar position with every window")
+            features = torch.cat([features, self.calendar(position)], dim=-1)  # (B, L, F)
+        if self.front is not None:
+            features = self.front(features)  # (B, L, C)
         states, _ = self.rnn(features)  # (B, L, S); S = hidden, or 2 * hidden if bidirectional
         summary = self._summary(states)  # (B, S)
+        if future_profile is not None:
+            if self.gate is not None:
+                future_profile = future_profile * torch.sigmoid(self.gate(summary)).double()
+            loc = loc + future_profile  # (B, H)
         if self.attention is not None:
             q = self.attention(states, summary)  # (B, H, Q)
         else:
@@ -216,12 +271,17 @@ class RecurrentForecaster(nn.Module):
         """The graph takes logs: it needs strictly positive inputs."""
         return self.config.transform == "log"
 
+    @property
+    def calendar_period(self) -> int:
+        return self.config.calendar_period
+
     def describe(self) -> dict[str, Any]:
         return self.config.to_dict()
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Raw windows (B, L) -> raw-scale quantile forecasts (B, H, Q)."""
-        q, loc, scale = self.forward_scaled(y)
+    def forward(self, y: torch.Tensor, position: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw windows (B, L) [and calendar positions (B,)] -> raw-scale quantile forecasts
+        (B, H, Q)."""
+        q, loc, scale = self.forward_scaled(y, position)
         # Rescale in float64 and round once, so both runtimes agree to within one ulp.
         out = q.double() * scale.unsqueeze(-1) + loc.unsqueeze(-1)  # (B, H, Q)
         return (out.exp() if self.config.transform == "log" else out).float()
@@ -242,6 +302,8 @@ class EnsembleForecaster(nn.Module):
         first = members[0]
         if any((m.horizon, m.quantiles) != (first.horizon, first.quantiles) for m in members):
             raise ValueError("ensemble members must share horizon and quantiles")
+        if len({m.calendar_period for m in members} - {0}) > 1:
+            raise ValueError("ensemble members that read the calendar must share its period")
         self.members = nn.ModuleList(members)
 
     @property
@@ -260,12 +322,19 @@ class EnsembleForecaster(nn.Module):
     def positive_only(self) -> bool:
         return any(m.positive_only for m in self.members)
 
+    @property
+    def calendar_period(self) -> int:
+        return max(m.calendar_period for m in self.members)  # type: ignore[misc]
+
     def describe(self) -> dict[str, Any]:
         return {"ensemble": "median", "members": [m.describe() for m in self.members]}
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Raw windows (B, L_max) -> median of the members' forecasts (B, H, Q)."""
-        outputs = torch.stack([m(y[:, -m.input_size :]) for m in self.members])  # (N, B, H, Q)
+    def forward(self, y: torch.Tensor, position: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw windows (B, L_max) [and calendar positions (B,)] -> median of the members'
+        forecasts (B, H, Q)."""
+        outputs = torch.stack(
+            [m(y[:, -m.input_size :], position) for m in self.members]
+        )  # (N, B, H, Q)
         n = outputs.shape[0]
         if n == 1:
             return outputs[0]

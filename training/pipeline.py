@@ -17,7 +17,14 @@ from matplotlib.figure import Figure
 from service.bundle import Bundle, write_bundle
 from service.timeindex import seasonal_period
 from training import tracking
-from training.data import Split, holdout_split, load_long_csv, series_values, summarize
+from training.data import (
+    SeriesCalendar,
+    Split,
+    holdout_split,
+    load_long_csv,
+    series_values,
+    summarize,
+)
 from training.evaluate import format_table, interval_metrics, score, seasonal_naive
 from training.export import build_manifest, check_parity, export_onnx, parity_cases
 from training.model import (
@@ -27,7 +34,7 @@ from training.model import (
     ForecasterConfig,
 )
 from training.plot import holdout_figure
-from training.train import FitResult, TrainConfig, fit, predict
+from training.train import FitResult, TrainConfig, fit, predict, refit
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,8 @@ class FitOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     min_observed: int | None = None  # < input_size: pad short series (see sliding_windows)
     recent_windows: int | None = None  # train on each series' latest windows only
+    # After early stopping, train again through the validation window for the chosen epochs.
+    refit: bool = True
     register: bool = True
     experiment: str = "forecasting"
     progress: bool = True
@@ -59,14 +68,26 @@ class FitReport:
     results: list[FitResult]
 
 
-def _split(options: FitOptions, series: dict[str, np.ndarray], input_size: int) -> Split:
+def _split(
+    options: FitOptions,
+    series: dict[str, np.ndarray],
+    input_size: int,
+    calendar: SeriesCalendar | None,
+    include_validation: bool = False,
+) -> Split:
     return holdout_split(
-        series, input_size, options.horizon, options.min_observed, options.recent_windows
+        series,
+        input_size,
+        options.horizon,
+        options.min_observed,
+        options.recent_windows,
+        include_validation=include_validation,
+        calendar=calendar,
     )
 
 
 def train_members(
-    options: FitOptions, series: dict[str, np.ndarray]
+    options: FitOptions, series: dict[str, np.ndarray], calendar: SeriesCalendar | None
 ) -> tuple[Forecaster, list[FitResult]]:
     """Fit every (member, seed) on windows cut for its own input length; log each to MLflow."""
     results = []
@@ -74,13 +95,23 @@ def train_members(
     for k, (config, seed) in enumerate(runs):
         prefix = f"member{k}_" if len(runs) > 1 else ""
         logger.info("member %d/%d: %s seed %d", k + 1, len(runs), config.to_dict(), seed)
+        train = replace(options.train, seed=seed)
         result = fit(
             config,
-            replace(options.train, seed=seed),
-            _split(options, series, config.input_size),
+            train,
+            _split(options, series, config.input_size, calendar),
             on_epoch=tracking.epoch_logger(prefix),
             progress=options.progress,
         )
+        if options.refit:
+            result = refit(
+                config,
+                train,
+                result,
+                _split(options, series, config.input_size, calendar, include_validation=True),
+                on_epoch=tracking.epoch_logger(f"{prefix}refit_"),
+                progress=options.progress,
+            )
         mlflow.log_metrics(
             {f"{prefix}best_epoch": result.best_epoch, f"{prefix}train_seconds": result.seconds}
         )
@@ -94,7 +125,7 @@ def evaluate_holdout(
     model: Forecaster, split: Split, m: int
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
     """The model against seasonal naive on the last horizon of every series."""
-    output = predict(model, split.test_x)  # (S, H, Q)
+    output = predict(model, split.test_x, split.test_pos)  # (S, H, Q)
     quantiles = list(model.quantiles)
     point = quantiles.index(min(quantiles, key=lambda q: abs(q - 0.5)))
     name = "lstm_ensemble" if isinstance(model, EnsembleForecaster) else "lstm"
@@ -111,6 +142,11 @@ def run_fit(options: FitOptions) -> FitReport:
     df = load_long_csv(options.data, options.freq)
     series = series_values(df)
     m = seasonal_period(options.freq)
+    calendar = (
+        SeriesCalendar.of(df, options.freq)
+        if any(c.calendar_period for c in options.members)
+        else None
+    )
 
     with tracking.start_run(options.experiment, run_name=options.name) as run:
         tracking.log_params(
@@ -125,14 +161,15 @@ def run_fit(options: FitOptions) -> FitReport:
                 "n_series": len(series),
                 "min_observed": options.min_observed,
                 "recent_windows": options.recent_windows,
+                "refit": options.refit,
             }
         )
-        model, results = train_members(options, series)
+        model, results = train_members(options, series, calendar)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = Path(tmp) / "model.pt"
             Checkpoint.of(model).save(str(checkpoint))
             tracking.log_checkpoint(checkpoint)
-        split = _split(options, series, model.input_size)
+        split = _split(options, series, model.input_size, calendar)
         metrics, forecasts = evaluate_holdout(model, split, m)
         mlflow.log_metrics(
             {
@@ -157,10 +194,11 @@ def run_fit(options: FitOptions) -> FitReport:
             model_bytes,
             parity_cases(
                 np.concatenate([split.val_x, split.test_x]),
-                values.min(),
-                values.max(),
+                np.concatenate([split.val_pos, split.test_pos]),
+                (values.min(), values.max()),
                 seed=options.train.seed,
                 positive=model.positive_only,
+                period=m,
             ),
         )
         mlflow.log_metrics(
@@ -194,10 +232,12 @@ def run_fit(options: FitOptions) -> FitReport:
                 "seeds": options.seeds,
                 "min_observed": options.min_observed,
                 "recent_windows": options.recent_windows,
+                "refit": options.refit,
                 "members": [
                     {
                         "best_epoch": r.best_epoch,
                         "epochs_run": r.epochs_run,
+                        "refit_epochs": r.refit_epochs,
                         "seconds": round(r.seconds, 1),
                     }
                     for r in results

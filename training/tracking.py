@@ -7,6 +7,7 @@ Default store: a SQLite file and an artifact folder under ``var/`` (no server to
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -68,9 +69,10 @@ def epoch_logger(prefix: str = "") -> Callable[[int, float, float], None]:
     """A training callback that logs each epoch's losses (``prefix`` tells members apart)."""
 
     def log_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
-        mlflow.log_metrics(
-            {f"{prefix}train_loss": train_loss, f"{prefix}val_loss": val_loss}, step=epoch
-        )
+        metrics = {f"{prefix}train_loss": train_loss}
+        if math.isfinite(val_loss):  # a refit has no validation window
+            metrics[f"{prefix}val_loss"] = val_loss
+        mlflow.log_metrics(metrics, step=epoch)
 
     return log_epoch
 

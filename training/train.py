@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -46,8 +46,9 @@ class FitResult:
     best_epoch: int
     best_val_loss: float
     epochs_run: int
-    seconds: float
+    seconds: float  # all of it: early-stopped run and refit
     history: list[dict[str, float]] = field(default_factory=list)
+    refit_epochs: int = 0  # > 0: the weights come from a refit through the validation window
 
 
 def seed_everything(seed: int) -> None:
@@ -67,9 +68,13 @@ def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tens
 
 
 def _loss(
-    model: RecurrentForecaster, x: torch.Tensor, y: torch.Tensor, q: torch.Tensor, units: str
+    model: RecurrentForecaster,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    q: torch.Tensor,
+    units: str,
 ) -> torch.Tensor:
-    pred, loc, scale = model.forward_scaled(x)
+    x, y, position = batch  # (B, L), (B, H), (B,)
+    pred, loc, scale = model.forward_scaled(x, position)
     target = model.scale_target(y, loc, scale)
     if units == "relative":
         weight = scale.float().unsqueeze(-1)  # (B, 1, 1): back to log units
@@ -84,7 +89,11 @@ def fit(
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train from scratch; return the weights of the epoch with the lowest validation loss."""
+    """Train from scratch; return the weights of the epoch with the lowest validation loss.
+
+    A split without validation windows (a refit) trains for ``max_epochs`` and returns the
+    last weights; its validation losses are NaN.
+    """
     if train_config.loss_units == "relative" and model_config.transform != "log":
         raise ValueError("loss_units='relative' needs transform='log' (errors in log units)")
     seed_everything(train_config.seed)
@@ -93,8 +102,8 @@ def fit(
         model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay
     )
     quantiles = torch.tensor(model_config.quantiles, dtype=torch.float32)
-    train_x, train_y = torch.from_numpy(split.train_x), torch.from_numpy(split.train_y)
-    val_x, val_y = torch.from_numpy(split.val_x), torch.from_numpy(split.val_y)
+    train = [torch.from_numpy(a) for a in (split.train_x, split.train_y, split.train_pos)]
+    val = tuple(torch.from_numpy(a) for a in (split.val_x, split.val_y, split.val_pos))
     generator = torch.Generator().manual_seed(train_config.seed)
 
     best_state, best_val, best_epoch = copy.deepcopy(model.state_dict()), float("inf"), 0
@@ -103,24 +112,27 @@ def fit(
     bar = tqdm(range(1, train_config.max_epochs + 1), desc="epochs", disable=not progress)
     for epoch in bar:
         model.train()
-        order = torch.randperm(len(train_x), generator=generator)
+        order = torch.randperm(len(split.train_x), generator=generator)
         total, count = 0.0, 0
         for start in range(0, len(order), train_config.batch_size):
             idx = order[start : start + train_config.batch_size]
             optimizer.zero_grad()
-            loss = _loss(model, train_x[idx], train_y[idx], quantiles, train_config.loss_units)
+            batch = (train[0][idx], train[1][idx], train[2][idx])
+            loss = _loss(model, batch, quantiles, train_config.loss_units)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
             optimizer.step()
             total, count = total + loss.item() * len(idx), count + len(idx)
         model.eval()
-        with torch.no_grad():
-            val_loss = _loss(model, val_x, val_y, quantiles, train_config.loss_units).item()
+        val_loss = float("nan")
+        if len(split.val_x):
+            with torch.no_grad():
+                val_loss = _loss(model, val, quantiles, train_config.loss_units).item()
         train_loss = total / count
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
         if on_epoch is not None:
             on_epoch(epoch, train_loss, val_loss)
-        if val_loss < best_val:
+        if val_loss < best_val or not len(split.val_x):
             best_val, best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=best_epoch)
@@ -139,7 +151,44 @@ def fit(
     )
 
 
-def predict(model: Forecaster, windows: np.ndarray) -> np.ndarray:
-    """Raw windows (B, L) -> forecasts (B, H, Q) with torch (the reference for parity)."""
+def refit(
+    model_config: ForecasterConfig,
+    train_config: TrainConfig,
+    chosen: FitResult,
+    split: Split,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train again from scratch, for the epochs early stopping chose, on windows that reach
+    through the validation window (``holdout_split(..., include_validation=True)``).
+
+    Early stopping needs the latest horizon held out; the served model should not do without
+    it: those are the values closest to what it will forecast.
+    """
+    if len(split.val_x):
+        raise ValueError("refit takes a split whose training windows include validation")
+    again = fit(
+        model_config,
+        replace(train_config, max_epochs=chosen.best_epoch),
+        split,
+        on_epoch=on_epoch,
+        progress=progress,
+    )
+    return replace(
+        chosen,
+        model=again.model,
+        epochs_run=chosen.epochs_run + again.epochs_run,
+        seconds=chosen.seconds + again.seconds,
+        refit_epochs=again.epochs_run,
+    )
+
+
+def predict(
+    model: Forecaster, windows: np.ndarray, positions: np.ndarray | None = None
+) -> np.ndarray:
+    """Raw windows (B, L) [and calendar positions (B,)] -> forecasts (B, H, Q) with torch (the
+    reference for parity)."""
+    y = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+    position = None if positions is None else torch.from_numpy(positions.astype(np.float32))
     with torch.no_grad():
-        return model(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))).numpy()
+        return model(y, position).numpy()

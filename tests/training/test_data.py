@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import AIR_CSV
-from training.data import DataError, holdout_split, load_long_csv, series_values, sliding_windows
+from training.data import (
+    DataError,
+    SeriesCalendar,
+    holdout_split,
+    load_long_csv,
+    series_values,
+    sliding_windows,
+)
 
 
 def test_sliding_windows_by_hand():
@@ -95,3 +102,28 @@ def test_holdout_split_pads_short_series_when_allowed():
     # Training targets stop before the validation targets (5, 6): one padded window fits.
     np.testing.assert_array_equal(split.train_x, [[1, 1, 1, 2]])
     np.testing.assert_array_equal(split.train_y, [[3, 4]])
+
+
+def test_refit_split_trains_through_the_validation_window():
+    values = np.arange(1, 13, dtype=np.float32)  # 1..12; test targets 11, 12
+    split = holdout_split({"a": values}, input_size=3, horizon=2, include_validation=True)
+    np.testing.assert_array_equal(split.train_y[-1], [9, 10])  # the validation targets
+    assert split.train_x.shape == (6, 3) and split.val_x.shape == (0, 3)
+    np.testing.assert_array_equal(split.test_y, [[11, 12]])  # the test part stays out
+
+
+def test_split_carries_each_first_targets_calendar_position():
+    values = np.arange(1, 9, dtype=np.float32)  # 8 values starting at position 10 of 12
+    calendar = SeriesCalendar(starts={"a": 10}, period=12)
+    split = holdout_split({"a": values}, input_size=4, horizon=2, min_observed=2, calendar=calendar)
+    # Training window [1, 1, 1, 2] targets values 3 and 4 (index 2): position 12 % 12 = 0.
+    np.testing.assert_array_equal(split.train_pos, [0])
+    np.testing.assert_array_equal(split.val_pos, [(10 + 4) % 12])  # validation targets 5, 6
+    np.testing.assert_array_equal(split.test_pos, [(10 + 6) % 12])  # test targets 7, 8
+
+
+def test_series_calendar_reads_each_series_start(tmp_path):
+    path = tmp_path / "two.csv"
+    path.write_text("unique_id,ds,y\na,2000-03-01,1\na,2000-04-01,2\nb,1999-12-01,3\n")
+    calendar = SeriesCalendar.of(load_long_csv(path, freq="MS"), "MS")
+    assert calendar == SeriesCalendar(starts={"a": 2, "b": 11}, period=12)
