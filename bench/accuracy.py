@@ -50,7 +50,7 @@ class Dataset:
 
 
 DATASETS = {
-    "m3-monthly": Dataset("monthly", "MS", 13.85, (36, 24, 48), (0, 1), 12, 54, "gated"),
+    "m3-monthly": Dataset("monthly", "MS", 13.85, (36, 24, 48, 60), (0, 1), 12, 54, "gated"),
     "m3-quarterly": Dataset("quarterly", "QS", 8.96, (16, 8, 24), (0, 1), 4, 12, "removed"),
 }
 
