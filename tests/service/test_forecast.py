@@ -20,12 +20,16 @@ def body(history: list[float], horizon: int = 12, **series: object) -> dict[str,
     return {"series": [one], "horizon": horizon}
 
 
-def reference_forecast(window: list[float]) -> np.ndarray:
-    """The bundle run directly in onnxruntime, outside the service: (H,) point forecast."""
+def reference_forecast(window: list[float], month: int = 1) -> np.ndarray:
+    """The bundle run directly in onnxruntime, outside the service: (H,) point forecast.
+    ``month``: of the first forecast step (the bundle reads the month of year)."""
     session = ort.InferenceSession(
         str(AIR_BUNDLE / "model.onnx"), providers=["CPUExecutionProvider"]
     )
-    (out,) = session.run(None, {"y": np.asarray([window], dtype=np.float32)})
+    feed = {"y": np.asarray([window], dtype=np.float32)}
+    if MANIFEST.covariates == ["month_of_year"]:
+        feed["season_position"] = np.asarray([month - 1], dtype=np.float32)
+    (out,) = session.run(None, feed)
     return out[0, :, MANIFEST.point_quantile_index]
 
 

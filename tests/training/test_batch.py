@@ -30,7 +30,8 @@ def test_forecast_cli_writes_one_row_per_series_and_step(tmp_path):
     assert list(air_rows["ds"]) == [f"1961-{m:02d}-01" for m in range(1, 7)]
     forecaster = load_forecaster(str(AIR_BUNDLE), "cpu", 1)
     window = air["y"].to_numpy(np.float32)[None, -forecaster.manifest.input_size :]
-    expected = forecaster.predict(window)[0, :6]
+    january = np.zeros(1, np.float32)  # 1961-01: the first forecast month
+    expected = forecaster.predict(window, january)[0, :6]
     np.testing.assert_allclose(air_rows["forecast"], expected[:, 1], rtol=1e-6)
     np.testing.assert_allclose(air_rows["q0.9"], expected[:, 2], rtol=1e-6)
     short_rows = frame[frame["unique_id"] == "short"]
