@@ -12,15 +12,18 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Stamps record what was installed; they are rebuilt when the dependency list changes.
+# The api and, for the embedded retrain worker, the training package (CPU torch). The api
+# process itself never imports torch.
 $(VENV)/.serve-installed: pyproject.toml constraints.txt | $(PY)
-	$(PIP) --editable '.[serve]'
+	$(PIP) --editable '.[serve,train]'
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIP) --editable '.[dev]'
 	touch $@
 
-# Migrations run as their own step first (embedded default: SQLite under var/).
+# Migrations run as their own step first (embedded default: SQLite under var/). The api starts
+# one retrain worker as a child process (FORECAST_EMBEDDED_WORKER).
 serve: $(VENV)/.serve-installed
 	$(PY) -m service migrate
 	$(PY) -m service serve --host $(HOST) --port $(PORT)

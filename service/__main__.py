@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import logging
 import os
+import subprocess
+import sys
 
 import uvicorn
 
 from service.config import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,20 +27,43 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper())
     if args.command == "migrate":
         from service.db.migrate import upgrade
 
         upgrade(settings.database_url)
         return
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=20,
-    )
+    worker = start_embedded_worker(settings)
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=20,
+        )
+    finally:
+        if worker is not None:
+            worker.terminate()  # SIGTERM: it gives a running job back to the queue
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def start_embedded_worker(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """Embedded mode: one retrain worker as a child process (training never runs in the api's
+    process), if this install has the training package's dependencies."""
+    if not settings.embedded_worker:
+        return None
+    if importlib.util.find_spec("torch") is None:
+        logger.warning("no retrain worker: torch is not installed (install '.[train]')")
+        return None
+    command = [sys.executable, "-m", "training", "worker", "--parent-pid", str(os.getpid())]
+    logger.info("starting an embedded retrain worker: %s", " ".join(command))
+    return subprocess.Popen(command)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The model bundle: the one contract between training and serving.
 
-A bundle is a folder holding ``model.onnx`` and ``manifest.json``. Training writes it
+A bundle is a folder holding ``model.onnx`` and ``manifest.json``, and usually
+``checkpoint.pt``: the torch weights a retrain fine-tunes from (the api never reads them, and
+serves bundles without one). Training writes it
 (``training.export``); the service reads it (``service.inference``). Both import this module,
 which needs neither torch nor onnxruntime.
 """
@@ -22,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 FORMAT_VERSION: Literal[1] = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class BundleError(Exception):
@@ -96,6 +99,9 @@ class BundleManifest(BaseModel):
     mlflow: MlflowRef | None = None
     opset: int
     onnx_sha256: str
+    checkpoint_sha256: str | None = Field(
+        default=None, description="sha256 of checkpoint.pt, when the bundle carries one."
+    )
 
     @property
     def point_quantile_index(self) -> int:
@@ -111,6 +117,17 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The torch weights, verified against the manifest; None when the bundle has none."""
+        path = self.path / CHECKPOINT_FILE
+        expected = self.manifest.checkpoint_sha256
+        if expected is None or not path.is_file():
+            return None
+        if sha256_file(path) != expected:
+            raise BundleError(f"{path} does not match the manifest's checkpoint_sha256")
+        return path
 
 
 def sha256_file(path: Path) -> str:
@@ -140,20 +157,29 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
 
 
 def write_bundle(
-    path: str | os.PathLike[str], model_bytes: bytes, manifest: BundleManifest
+    path: str | os.PathLike[str],
+    model_bytes: bytes,
+    manifest: BundleManifest,
+    checkpoint: bytes | None = None,
 ) -> Bundle:
     """Write a bundle so that readers never see half of one.
 
-    Both files go to a temporary sibling folder that then replaces ``path``; the old bundle,
+    The files go to a temporary sibling folder that then replaces ``path``; the old bundle,
     if any, is removed only after the new one is in place.
     """
     target = Path(path)
     if hashlib.sha256(model_bytes).hexdigest() != manifest.onnx_sha256:
         raise BundleError("the manifest's onnx_sha256 does not match the model bytes")
+    if checkpoint is not None and hashlib.sha256(checkpoint).hexdigest() != (
+        manifest.checkpoint_sha256
+    ):
+        raise BundleError("the manifest's checkpoint_sha256 does not match the checkpoint")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it owner-only; a bundle is read by other users too
     (staging / MODEL_FILE).write_bytes(model_bytes)
+    if checkpoint is not None:
+        (staging / CHECKPOINT_FILE).write_bytes(checkpoint)
     (staging / MANIFEST_FILE).write_text(
         json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8"
     )

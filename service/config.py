@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Provider = Literal["auto", "cpu", "cuda"]
@@ -57,3 +57,48 @@ class Settings(BaseSettings):
     max_observations_per_request: int = Field(default=100_000, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
     log_level: str = Field(default="INFO")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for admin routes (POST /retrain). Unset: the api generates "
+        "one at first start and stores it in FORECAST_ADMIN_TOKEN_FILE.",
+    )
+    admin_token_file: Path = Field(
+        default=Path("var/admin_token"),
+        description="Where the generated admin token is kept (mode 0600) when "
+        "FORECAST_ADMIN_TOKEN is unset.",
+    )
+    mlflow_tracking_uri: str = Field(
+        default="sqlite:///var/mlflow.db",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "FORECAST_MLFLOW_TRACKING_URI"),
+        description="MLflow tracking store and model registry: training logs and registers "
+        "there; the api follows each model's champion alias there.",
+    )
+    registry_poll_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How often the api checks the registry's champion aliases (0: never).",
+    )
+    registry_cache_dir: Path = Field(
+        default=Path("var/registry"),
+        description="Where the api keeps bundles downloaded from the registry.",
+    )
+    embedded_worker: bool = Field(
+        default=True,
+        description="python -m service serve also runs one retrain worker as a child process "
+        "(set false where workers run on their own, as in docker-compose).",
+    )
+    retrain_lease_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A running retrain job whose worker sent no heartbeat for this long is "
+        "requeued (or failed after FORECAST_RETRAIN_MAX_ATTEMPTS).",
+    )
+    retrain_heartbeat_s: float = Field(
+        default=10.0, gt=0, description="How often a worker renews its job's lease."
+    )
+    retrain_max_attempts: int = Field(
+        default=3, ge=1, description="Times a job may be started before it is failed."
+    )
+    worker_poll_s: float = Field(
+        default=2.0, gt=0, description="How often an idle worker looks for queued jobs."
+    )

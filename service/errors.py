@@ -7,6 +7,7 @@ so a client parses one format whether pydantic or the service refused the reques
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +22,7 @@ Loc = Sequence[str | int]
 class ServiceError(Exception):
     status_code = 400
     type = "service_error"
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, msg: str, loc: Loc = ()) -> None:
         super().__init__(msg)
@@ -103,6 +105,21 @@ class SeriesConflict(ServiceError):
     type = "conflict"
 
 
+class ModelNotFound(ServiceError):
+    status_code = 404
+    type = "model_not_found"
+
+
+class JobNotFound(ServiceError):
+    status_code = 404
+    type = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"no retrain job {job_id!r}; GET /retrain lists recent jobs", ("path", "job_id")
+        )
+
+
 class ModelNotReady(ServiceError):
     status_code = 503
     type = "model_not_ready"
@@ -110,7 +127,9 @@ class ModelNotReady(ServiceError):
 
 async def _handle_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse(status_code=exc.status_code, content={"detail": exc.details()})
+    return JSONResponse(
+        status_code=exc.status_code, content={"detail": exc.details()}, headers=exc.headers
+    )
 
 
 async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -45,6 +45,7 @@ class Forecaster:
     bundle: Bundle
     session: ort.InferenceSession
     loaded_at: datetime
+    source: str  # where the bundle came from: "folder:<path>" or "registry:models:/<name>/<v>"
 
     @property
     def manifest(self) -> BundleManifest:
@@ -69,7 +70,9 @@ class Forecaster:
         return np.asarray(output)
 
 
-def load_forecaster(bundle_dir: str, provider: Provider, intra_op_threads: int) -> Forecaster:
+def load_forecaster(
+    bundle_dir: str, provider: Provider, intra_op_threads: int, source: str | None = None
+) -> Forecaster:
     """Read, verify and warm up a bundle. Raises BundleError when it can't be served."""
     bundle = read_bundle(bundle_dir)
     options = ort.SessionOptions()
@@ -82,7 +85,12 @@ def load_forecaster(bundle_dir: str, provider: Provider, intra_op_threads: int) 
         )
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise BundleError(f"onnxruntime could not load {bundle.model_path}: {exc}") from exc
-    forecaster = Forecaster(bundle=bundle, session=session, loaded_at=datetime.now(UTC))
+    forecaster = Forecaster(
+        bundle=bundle,
+        session=session,
+        loaded_at=datetime.now(UTC),
+        source=source or f"folder:{bundle_dir}",
+    )
     _check_graph_matches_manifest(forecaster)
     _warm_up(forecaster)
     return forecaster

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -217,3 +217,85 @@ class IngestResult(BaseModel):
     received: int
     inserted: int
     updated: int
+
+
+class RetrainOverrides(BaseModel):
+    """Training settings that replace the champion's for this retrain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_epochs: int | None = Field(default=None, ge=1, le=1000)
+    learning_rate: float | None = Field(default=None, gt=0, lt=1)
+    patience: int | None = Field(default=None, ge=1, le=1000)
+    batch_size: int | None = Field(default=None, ge=1, le=4096)
+    recent_windows: int | None = Field(default=None, ge=1, le=100_000)
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model": "m3_monthly"}, {"frequency": "MS"}]},
+    )
+
+    model: str | None = Field(default=None, description="Model name (or give frequency).")
+    frequency: str | None = Field(
+        default=None, description="Retrain the model serving this frequency, e.g. MS."
+    )
+    series: list[SeriesId] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100_000,
+        description="Stored series to train on; default: every stored series of the model's "
+        "frequency.",
+    )
+    overrides: RetrainOverrides | None = None
+    mode: Literal["finetune", "scratch"] = Field(
+        default="finetune",
+        description="finetune: start from the champion's weights; scratch: new weights.",
+    )
+    promote: Literal["if_better", "always", "never"] = Field(
+        default="if_better",
+        description="if_better: the candidate becomes champion only if its backtest beats "
+        "the champion's on the same window.",
+    )
+
+
+class JobProgress(BaseModel):
+    epoch: int
+    total_epochs: int
+
+
+class RetrainJobOut(BaseModel):
+    id: str
+    model: str
+    status: Literal["queued", "running", "succeeded", "rejected", "failed"]
+    params: dict[str, Any]
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    attempts: int
+    progress: JobProgress | None
+    error: str | None
+    candidate: dict[str, Any] | None = Field(description="The candidate's backtest metrics.")
+    champion: dict[str, Any] | None = Field(
+        description="The champion's backtest metrics on the same window."
+    )
+    decision: str | None = Field(description="promoted, kept_champion or not_promoted.")
+    reason: str | None
+    model_version: str | None = Field(description="The candidate's registry version.")
+    status_url: str
+
+
+class RetrainJobList(BaseModel):
+    items: list[RetrainJobOut]
+
+
+class ModelInfo(LoadedModel):
+    source: str = Field(description="Where the bundle came from: a folder or the registry.")
+    loaded_at: UtcDatetime
+    metrics: dict[str, dict[str, float]] = Field(description="The bundle's backtest metrics.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    refused: dict[str, str] = Field(description="Bundles not served, and why.")

@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 AIR_CSV = REPO / "data" / "air_passengers.csv"
 MODELS = REPO / "models"
 AIR_BUNDLE = MODELS / "air_passengers"
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 # An admin connection that may create and drop databases (this machine: trust auth).
@@ -77,10 +79,12 @@ def start_api_process(
     Returns the process (stdout+stderr piped when ``capture``) and its base URL.
     """
     port = free_port()
+    # No registry polling and no embedded worker unless a test asks for them.
+    quiet = {"FORECAST_REGISTRY_POLL_S": "0", "FORECAST_EMBEDDED_WORKER": "false"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port)],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        env={**os.environ, "PYTHONPATH": str(REPO), **quiet, **env},
         stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         text=True,
@@ -141,7 +145,7 @@ def clean_tables(database_url: str) -> Iterator[None]:
     yield
     engine = create_engine(database_url)
     with engine.begin() as connection:
-        for table in ("forecasts", "observations", "series"):
+        for table in ("forecasts", "observations", "series", "retrain_jobs"):
             connection.execute(text(f"DELETE FROM {table}"))
     engine.dispose()
 
@@ -154,6 +158,8 @@ def settings(database_url: str) -> Settings:
         default_models={"MS": "air_passengers"},
         provider="auto",
         database_url=database_url,
+        admin_token=ADMIN_TOKEN,
+        registry_poll_s=0,
     )
 
 

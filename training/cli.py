@@ -12,6 +12,7 @@ import pandas as pd
 from service.bundle import BundleError
 from service.errors import ServiceError
 from service.timeindex import seasonal_period
+from training import jobs_cli
 from training.data import DataError, load_long_csv
 from training.export import ParityError
 from training.model import ForecasterConfig
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     forecast.add_argument("--data", type=Path, required=True, help="long-format CSV")
     forecast.add_argument("--out", type=Path, required=True, help="CSV to write")
     forecast.add_argument("--horizon", type=int, help="steps (default: the model's horizon)")
+    jobs_cli.add_commands(commands)
     return parser
 
 
@@ -146,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "forecast":
             return _forecast(args)
+        if args.command == "worker":
+            return jobs_cli.run_worker(args)
+        if args.command == "retrain":
+            return jobs_cli.run_retrain(args)
         freq = args.freq or _infer_freq(args.data)
         name = args.name or args.data.stem
         options = FitOptions(

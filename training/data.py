@@ -20,15 +20,20 @@ class DataError(ValueError):
 
 
 def load_long_csv(path: str | Path, freq: str | None = None) -> pd.DataFrame:
-    """Read a long-format CSV, check it, and return it sorted by (unique_id, ds).
+    """Read a long-format CSV, check it, and return it sorted by (unique_id, ds)."""
+    return prepare_long(pd.read_csv(path), freq, str(path))
+
+
+def prepare_long(df: pd.DataFrame, freq: str | None = None, source: str = "data") -> pd.DataFrame:
+    """Check a long-format frame and return it sorted by (unique_id, ds); errors name ``source``
+    and the offending rows.
 
     Each series must be regular at ``freq`` (when given) with no gaps: the windows assume one
     row per period.
     """
-    df = pd.read_csv(path)
     missing = [c for c in LONG_COLUMNS if c not in df.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; expected {list(LONG_COLUMNS)}")
+        raise DataError(f"{source}: missing column(s) {missing}; expected {list(LONG_COLUMNS)}")
     df = df[list(LONG_COLUMNS)].copy()
     df["unique_id"] = df["unique_id"].astype(str)
     df["ds"] = pd.to_datetime(df["ds"], errors="coerce")
@@ -36,12 +41,13 @@ def load_long_csv(path: str | Path, freq: str | None = None) -> pd.DataFrame:
     bad = df.index[df["ds"].isna() | ~np.isfinite(df["y"])]
     if len(bad):
         raise DataError(
-            f"{path}: rows {[int(i) + 2 for i in bad[:5]]} have no valid ds or finite y"
+            f"{source}: rows {[int(i) + 2 for i in bad[:5]]} have no valid ds or finite y"
         )
     dupes = df.duplicated(["unique_id", "ds"])
     if dupes.any():
         raise DataError(
-            f"{path}: duplicate (unique_id, ds) at rows {[int(i) + 2 for i in df.index[dupes][:5]]}"
+            f"{source}: duplicate (unique_id, ds) at rows "
+            f"{[int(i) + 2 for i in df.index[dupes][:5]]}"
         )
     df = df.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
     if freq is not None:

@@ -196,6 +196,7 @@ def build_manifest(
     metrics: dict[str, dict[str, float]],
     parity: ParityReport,
     mlflow_ref: MlflowRef | None,
+    checkpoint_sha256: str | None = None,
 ) -> BundleManifest:
     covariate = None
     if model.calendar_period:
@@ -229,4 +230,5 @@ def build_manifest(
         mlflow=mlflow_ref,
         opset=OPSET,
         onnx_sha256=hashlib.sha256(model_bytes).hexdigest(),
+        checkpoint_sha256=checkpoint_sha256,
     )

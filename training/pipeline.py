@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -34,14 +37,19 @@ from training.model import (
     ForecasterConfig,
 )
 from training.plot import holdout_figure
-from training.train import FitResult, TrainConfig, fit, predict, refit
+from training.train import EpochCallback, FitResult, TrainConfig, fit, predict, refit
 
 logger = logging.getLogger(__name__)
 
 
+# Called after every epoch of every member with (member index, members, epochs a member runs
+# at most, the refit's included); it may raise to stop the fit (a worker shutting down).
+EpochHook = Callable[[int, int, int], None]
+
+
 @dataclass
 class FitOptions:
-    data: Path
+    data: Path | None  # a long-format CSV; None when run_fit is handed the frame itself
     horizon: int
     freq: str
     name: str
@@ -58,6 +66,13 @@ class FitOptions:
     experiment: str = "forecasting"
     progress: bool = True
     data_label: str | None = None  # how the manifest names the data (default: the path)
+    # Fine-tuning: start member k (in members x seeds order) from these weights.
+    initial_states: list[dict[str, Any]] | None = None
+    epoch_hook: EpochHook | None = None
+
+    def runs(self) -> list[tuple[ForecasterConfig, int]]:
+        """(config, seed) of every member, in the order of the ensemble and the checkpoint."""
+        return list(product(self.members, self.seeds))
 
 
 @dataclass
@@ -91,8 +106,11 @@ def train_members(
 ) -> tuple[Forecaster, list[FitResult]]:
     """Fit every (member, seed) on windows cut for its own input length; log each to MLflow."""
     results = []
-    runs = list(product(options.members, options.seeds))
-    for k, (config, seed) in enumerate(runs):
+    runs = options.runs()
+    initial = options.initial_states or [None] * len(runs)
+    if len(initial) != len(runs):
+        raise ValueError(f"{len(initial)} initial states for {len(runs)} members")
+    for k, ((config, seed), state) in enumerate(zip(runs, initial, strict=True)):
         prefix = f"member{k}_" if len(runs) > 1 else ""
         logger.info("member %d/%d: %s seed %d", k + 1, len(runs), config.to_dict(), seed)
         train = replace(options.train, seed=seed)
@@ -100,8 +118,9 @@ def train_members(
             config,
             train,
             _split(options, series, config.input_size, calendar),
-            on_epoch=tracking.epoch_logger(prefix),
+            on_epoch=_epoch_callback(options, prefix, k, len(runs)),
             progress=options.progress,
+            initial_state=state,
         )
         if options.refit:
             result = refit(
@@ -109,8 +128,9 @@ def train_members(
                 train,
                 result,
                 _split(options, series, config.input_size, calendar, include_validation=True),
-                on_epoch=tracking.epoch_logger(f"{prefix}refit_"),
+                on_epoch=_epoch_callback(options, f"{prefix}refit_", k, len(runs)),
                 progress=options.progress,
+                initial_state=state,
             )
         mlflow.log_metrics(
             {f"{prefix}best_epoch": result.best_epoch, f"{prefix}train_seconds": result.seconds}
@@ -119,6 +139,18 @@ def train_members(
     models = [r.model for r in results]
     model = models[0] if len(models) == 1 else EnsembleForecaster(models).eval()
     return model, results
+
+
+def _epoch_callback(options: FitOptions, prefix: str, member: int, members: int) -> EpochCallback:
+    log = tracking.epoch_logger(prefix)
+
+    def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
+        log(epoch, train_loss, val_loss)
+        if options.epoch_hook is not None:
+            at_most = options.train.max_epochs * (2 if options.refit else 1)
+            options.epoch_hook(member, members, at_most)
+
+    return on_epoch
 
 
 def evaluate_holdout(
@@ -138,8 +170,13 @@ def evaluate_holdout(
     return metrics, forecasts
 
 
-def run_fit(options: FitOptions) -> FitReport:
-    df = load_long_csv(options.data, options.freq)
+def run_fit(options: FitOptions, df: pd.DataFrame | None = None) -> FitReport:
+    """Train, evaluate, export (parity-checked), log to MLflow, register, write the bundle.
+    ``df``: the long-format frame, sorted and regular; default: read from ``options.data``."""
+    if df is None:
+        if options.data is None:
+            raise ValueError("run_fit needs options.data or a frame")
+        df = load_long_csv(options.data, options.freq)
     series = series_values(df)
     m = seasonal_period(options.freq)
     calendar = (
@@ -169,6 +206,7 @@ def run_fit(options: FitOptions) -> FitReport:
             checkpoint = Path(tmp) / "model.pt"
             Checkpoint.of(model).save(str(checkpoint))
             tracking.log_checkpoint(checkpoint)
+            checkpoint_bytes = checkpoint.read_bytes()
         split = _split(options, series, model.input_size, calendar)
         metrics, forecasts = evaluate_holdout(model, split, m)
         mlflow.log_metrics(
@@ -243,13 +281,14 @@ def run_fit(options: FitOptions) -> FitReport:
                     for r in results
                 ],
             },
-            training_data=summarize(df, options.data_label or options.data),
+            training_data=summarize(df, options.data_label or str(options.data)),
             metrics=metrics,
             parity=parity,
             mlflow_ref=ref,
+            checkpoint_sha256=hashlib.sha256(checkpoint_bytes).hexdigest(),
         )
-        bundle = write_bundle(options.out, model_bytes, manifest)
-        mlflow.log_dict(manifest.model_dump(mode="json"), "bundle/manifest.json")
+        bundle = write_bundle(options.out, model_bytes, manifest, checkpoint_bytes)
+        tracking.log_bundle(bundle.path)
     logger.info("wrote bundle %s version %s to %s", options.name, version, options.out)
     return FitReport(bundle=bundle, metrics=metrics, table=table, results=results)
 

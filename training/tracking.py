@@ -83,6 +83,13 @@ def log_checkpoint(checkpoint_path: Path) -> None:
     mlflow.log_artifact(str(checkpoint_path), artifact_path=CHECKPOINT_ARTIFACT)
 
 
+def log_bundle(bundle_dir: Path) -> None:
+    """The served bundle (graph, manifest, checkpoint) as the run's ``bundle/`` artifacts: the
+    api downloads a registered version's bundle from there, and a retrain fine-tunes from its
+    checkpoint."""
+    mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+
+
 def log_model(
     run: Run,
     model_bytes: bytes,

@@ -88,8 +88,10 @@ def fit(
     split: Split,
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> FitResult:
-    """Train from scratch; return the weights of the epoch with the lowest validation loss.
+    """Train from scratch, or from ``initial_state`` (fine-tuning); return the weights of the
+    epoch with the lowest validation loss.
 
     A split without validation windows (a refit) trains for ``max_epochs`` and returns the
     last weights; its validation losses are NaN.
@@ -98,6 +100,8 @@ def fit(
         raise ValueError("loss_units='relative' needs transform='log' (errors in log units)")
     seed_everything(train_config.seed)
     model = RecurrentForecaster(model_config)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay
     )
@@ -158,9 +162,11 @@ def refit(
     split: Split,
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> FitResult:
-    """Train again from scratch, for the epochs early stopping chose, on windows that reach
-    through the validation window (``holdout_split(..., include_validation=True)``).
+    """Train again from the start (new weights, or ``initial_state`` when fine-tuning), for
+    the epochs early stopping chose, on windows that reach through the validation window
+    (``holdout_split(..., include_validation=True)``).
 
     Early stopping needs the latest horizon held out; the served model should not do without
     it: those are the values closest to what it will forecast.
@@ -173,6 +179,7 @@ def refit(
         split,
         on_epoch=on_epoch,
         progress=progress,
+        initial_state=initial_state,
     )
     return replace(
         chosen,

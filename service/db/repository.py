@@ -237,3 +237,20 @@ def record_forecasts(session: Session, *, rows: list[dict[str, object]]) -> None
     if rows:
         session.execute(insert(ForecastLog), rows)
         session.commit()
+
+
+def series_for_training(
+    session: Session, *, frequency: str, series_ids: Sequence[str] | None = None
+) -> list[tuple[str, str, datetime, float]]:
+    """Every observation of the stored series of one frequency (or of the named ones), as
+    (series_id, frequency, ts, value) rows ordered by series and time: a retrain's data."""
+    query = (
+        select(Observation.series_id, Series.frequency, Observation.ts, Observation.value)
+        .join(Series, Series.id == Observation.series_id)
+        .order_by(Observation.series_id, Observation.ts)
+    )
+    if series_ids is not None:
+        query = query.where(Observation.series_id.in_(list(series_ids)))
+    else:
+        query = query.where(Series.frequency == frequency)
+    return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]

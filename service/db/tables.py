@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -10,10 +11,12 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -71,3 +74,47 @@ class ForecastLog(Base):
     horizon: Mapped[int] = mapped_column(Integer)
     target_ts: Mapped[list[str]] = mapped_column(JSON)  # ISO timestamps, one per step
     values: Mapped[list[float]] = mapped_column(JSON)
+
+
+JOB_STATUSES = ("queued", "running", "succeeded", "rejected", "failed")
+ACTIVE_STATUSES = ("queued", "running")
+# At most one queued or running job per model, enforced by the database itself (a partial
+# unique index on both dialects), so two concurrent POST /retrain can't both insert one.
+ACTIVE_JOB_PREDICATE = text("status IN ('queued', 'running')")
+
+
+class RetrainJob(Base):
+    """A retrain request and its life: queued -> running -> succeeded | rejected | failed.
+
+    A running job holds a lease that its worker renews with heartbeats; a job whose lease
+    expired is requeued (up to a retry limit) by the next worker that looks for work."""
+
+    __tablename__ = "retrain_jobs"
+    __table_args__ = (
+        Index(
+            "uq_retrain_jobs_active_model",
+            "model_name",
+            unique=True,
+            postgresql_where=ACTIVE_JOB_PREDICATE,
+            sqlite_where=ACTIVE_JOB_PREDICATE,
+        ),
+        Index("ix_retrain_jobs_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    total_epochs: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(4000))
+    # Candidate and champion backtest metrics, the decision and its reason.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    model_version: Mapped[str | None] = mapped_column(String(100))

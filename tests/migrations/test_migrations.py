@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, inspect
 from service.db.tables import Base
 from tests.conftest import DATABASES, REPO, fresh_database
 
-TABLES = {"series", "observations", "forecasts"}
+TABLES = {"series", "observations", "forecasts", "retrain_jobs"}
 
 
 def tables(url: str) -> set[str]:

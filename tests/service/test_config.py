@@ -9,7 +9,7 @@ from service.config import Settings
 from tests.conftest import REPO
 
 # Read by other programs than the api's settings: the Makefile / CLI and the training package.
-NOT_SETTINGS = {"HOST", "PORT", "MLFLOW_TRACKING_URI"}
+NOT_SETTINGS = {"HOST", "PORT"}
 
 
 def readme_variables() -> dict[str, str]:
@@ -24,7 +24,12 @@ def settings_variables() -> dict[str, str]:
         alias = field.validation_alias
         env = alias.choices[0] if alias is not None else f"FORECAST_{name.upper()}"  # type: ignore[union-attr]
         default = field.default
-        names[str(env)] = json.dumps(default) if isinstance(default, dict | list) else str(default)
+        if default is None:
+            names[str(env)] = "unset"
+        else:
+            names[str(env)] = (
+                json.dumps(default) if isinstance(default, dict | list) else str(default)
+            )
     return names
 
 

@@ -21,7 +21,8 @@ def test_shipped_bundle_loads_and_predicts_any_batch_size():
         windows = (
             np.random.default_rng(batch).uniform(100, 600, (batch, m.input_size)).astype(np.float32)
         )
-        out = forecaster.predict(windows)
+        months = np.arange(batch, dtype=np.float32) % 12  # the bundle reads the month of year
+        out = forecaster.predict(windows, months)
         assert out.shape == (batch, m.horizon, len(m.quantiles))
         assert np.isfinite(out).all()
 
@@ -68,3 +69,14 @@ def test_write_bundle_replaces_the_old_one_whole(tmp_path):
     with pytest.raises(BundleError, match="does not match the model bytes"):
         write_bundle(target, b"other bytes", newer)
     assert read_bundle(target).manifest.version == "2"  # a refused write leaves it untouched
+
+
+def test_a_covariate_the_service_cannot_compute_is_refused(tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(AIR_BUNDLE, bundle)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    assert manifest["covariates"] == ["month_of_year"]  # the shipped example reads the calendar
+    manifest["covariates"] = ["day_of_week"]  # not what a monthly model's position means
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="can't be computed for frequency 'MS'"):
+        load_forecaster(str(bundle), "cpu", 1)

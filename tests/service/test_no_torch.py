@@ -1,4 +1,5 @@
-"""The api never imports torch: checked in a fresh interpreter after start-up and a forecast."""
+"""The api never imports torch: checked in a fresh interpreter after start-up, a registry check
+(MLflow's client is imported) and a forecast."""
 
 from __future__ import annotations
 
@@ -16,19 +17,26 @@ from service.app import create_app
 from service.config import Settings
 
 history = pd.read_csv({str(AIR_CSV)!r})["y"].tolist()
-settings = Settings(models_dir={str(AIR_BUNDLE.parent)!r}, database_url=sys.argv[1])
+settings = Settings(
+    models_dir={str(AIR_BUNDLE.parent)!r},
+    database_url=sys.argv[1],
+    mlflow_tracking_uri=f"sqlite:///{{sys.argv[2]}}/mlflow.db",
+    admin_token_file=f"{{sys.argv[2]}}/admin_token",
+    registry_poll_s=60,
+)
 with TestClient(create_app(settings)) as client:
     assert client.get("/health/ready").status_code == 200
     r = client.post("/forecast", json={{"series": [{{"id": "a", "history": history,
                     "start": "1949-01-01", "freq": "MS"}}], "horizon": 12}})
     assert r.status_code == 200, r.text
+assert "mlflow" in sys.modules  # the registry was checked at start-up
 print(json.dumps(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))))
 """
 
 
-def test_service_process_never_imports_torch(database_url):
+def test_service_process_never_imports_torch(database_url, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, database_url],
+        [sys.executable, "-c", SCRIPT, database_url, str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
