@@ -8,9 +8,11 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 
 import uvicorn
 
+from service.app import configure_logging
 from service.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -27,13 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper())
+    configure_logging(settings.log_level)
     if args.command == "migrate":
         from service.db.migrate import upgrade
 
         upgrade(settings.database_url)
         return
-    worker = start_embedded_worker(settings)
+    worker = EmbeddedWorker.start(settings)
     try:
         uvicorn.run(
             "service.app:create_app",
@@ -46,24 +48,57 @@ def main(argv: list[str] | None = None) -> None:
         )
     finally:
         if worker is not None:
-            worker.terminate()  # SIGTERM: it gives a running job back to the queue
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop()
 
 
-def start_embedded_worker(settings: Settings) -> subprocess.Popen[bytes] | None:
+class EmbeddedWorker:
     """Embedded mode: one retrain worker as a child process (training never runs in the api's
-    process), if this install has the training package's dependencies."""
-    if not settings.embedded_worker:
-        return None
-    if importlib.util.find_spec("torch") is None:
-        logger.warning("no retrain worker: torch is not installed (install '.[train]')")
-        return None
-    command = [sys.executable, "-m", "training", "worker", "--parent-pid", str(os.getpid())]
-    logger.info("starting an embedded retrain worker: %s", " ".join(command))
-    return subprocess.Popen(command)
+    process), restarted if it dies, stopped with the api. It runs at a lower CPU priority so
+    that training on a laptop's few cores does not starve the forecasts."""
+
+    RESTART_DELAY_S = 5.0
+
+    def __init__(self) -> None:
+        self.command = [
+            sys.executable,
+            "-m",
+            "training",
+            "worker",
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        self.stopping = threading.Event()
+        self.process = self._spawn()
+        threading.Thread(target=self._supervise, name="embedded-worker", daemon=True).start()
+
+    @classmethod
+    def start(cls, settings: Settings) -> EmbeddedWorker | None:
+        if not settings.embedded_worker:
+            return None
+        if importlib.util.find_spec("torch") is None:
+            logger.warning("no retrain worker: torch is not installed (install '.[train]')")
+            return None
+        return cls()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        logger.info("starting an embedded retrain worker: %s", " ".join(self.command))
+        return subprocess.Popen(self.command)
+
+    def _supervise(self) -> None:
+        while not self.stopping.is_set():
+            code = self.process.wait()
+            if self.stopping.wait(self.RESTART_DELAY_S):
+                return
+            logger.error("the embedded retrain worker exited with %s; restarting it", code)
+            self.process = self._spawn()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.process.terminate()  # SIGTERM: it gives a running job back to the queue
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 if __name__ == "__main__":

@@ -32,32 +32,41 @@ class Unauthorized(ServiceError):
 
 
 def resolve_admin_token(settings: Settings) -> str:
-    """The configured token, else the one stored in the token file (created if missing)."""
-    if settings.admin_token is not None:
-        return settings.admin_token.get_secret_value()
+    """The configured token, else the one stored in the token file (created if missing).
+
+    A blank FORECAST_ADMIN_TOKEN counts as unset: an empty token would match a request that
+    sends none (compose's ``${VAR}`` of an unset variable is the empty string)."""
+    if settings.admin_token is not None and settings.admin_token.get_secret_value().strip():
+        return settings.admin_token.get_secret_value().strip()
     path = settings.admin_token_file
-    try:
-        return _read(path)
-    except FileNotFoundError:
-        pass
+    token = _read(path)
+    if token:
+        return token
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    try:
-        # O_EXCL: several uvicorn workers may start at once; the first one writes, the rest read.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _read(path)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    logger.warning("FORECAST_ADMIN_TOKEN is unset: generated an admin token in %s", path)
-    return token
+        f.write(secrets.token_urlsafe(32) + "\n")
+    try:
+        # The file appears whole or not at all. Several uvicorn workers may start at once:
+        # link() fails for all but the first, and they read the winner's token.
+        if path.exists() and not _read(path):
+            path.unlink()  # empty: a crash between create and write, long ago
+        os.link(staging, path)
+        logger.warning("FORECAST_ADMIN_TOKEN is unset: generated an admin token in %s", path)
+    except FileExistsError:
+        pass
+    finally:
+        staging.unlink()
+    return _read(path)
 
 
 def _read(path: Path) -> str:
-    token = path.read_text().strip()
-    if not token:
-        raise FileNotFoundError(path)
-    return token
+    """The token in the file; empty when there is no file or nothing in it."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def require_admin(
@@ -68,7 +77,7 @@ def require_admin(
     expected: str = request.app.state.admin_token
     given = credentials.credentials if credentials is not None else ""
     # compare_digest: the time taken does not reveal how much of the token was right.
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    if not (given and expected and hmac.compare_digest(given.encode(), expected.encode())):
         raise Unauthorized(
             "this route needs the admin bearer token (Authorization: Bearer <token>; "
             "FORECAST_ADMIN_TOKEN)",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Provider = Literal["auto", "cpu", "cuda"]
@@ -102,3 +102,12 @@ class Settings(BaseSettings):
     worker_poll_s: float = Field(
         default=2.0, gt=0, description="How often an idle worker looks for queued jobs."
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.retrain_heartbeat_s >= self.retrain_lease_s:
+            raise ValueError(
+                f"FORECAST_RETRAIN_HEARTBEAT_S ({self.retrain_heartbeat_s}) must be below "
+                f"FORECAST_RETRAIN_LEASE_S ({self.retrain_lease_s}), or every lease expires"
+            )
+        return self

@@ -74,8 +74,13 @@ class RegistryWatcher:
                 refused[source] = self.refused[source]
                 continue
             try:
-                served[name] = self._load(name, version, current, source)
-            except BundleError as exc:
+                folder = self.download(name, version)
+            except BundleError as exc:  # may pass: tried again at the next poll
+                logger.warning("%s; still serving %s", exc, current.source)
+                continue
+            try:
+                served[name] = self._load(folder, current, source)
+            except BundleError as exc:  # the bundle itself is bad: not tried again
                 reason = f"refused {source}: {exc}; still serving {current.source}"
                 logger.error("%s", reason)
                 self.refused[source] = refused[source] = reason
@@ -92,8 +97,7 @@ class RegistryWatcher:
             return None
         return replace(models, models=served, refused=refused)
 
-    def _load(self, name: str, version: Any, current: Forecaster, source: str) -> Forecaster:
-        folder = self.download(name, version)
+    def _load(self, folder: Path, current: Forecaster, source: str) -> Forecaster:
         candidate = load_forecaster(
             str(folder), self.settings.provider, self.settings.intra_op_threads, source=source
         )
@@ -101,18 +105,21 @@ class RegistryWatcher:
         return candidate
 
     def download(self, name: str, version: Any) -> Path:
-        """The version's bundle, cached under registry_cache_dir/<name>/<version>."""
-        target = self.settings.registry_cache_dir / name / str(version.version)
-        if target.is_dir():
-            return target
+        """The version's bundle, cached under registry_cache_dir/<name>/<version>-<run id>
+        (the run id too: a reset registry numbers its versions from 1 again)."""
         if not version.run_id:
             raise BundleError(f"registry version {name}/{version.version} names no run")
+        target = self.settings.registry_cache_dir / name / f"{version.version}-{version.run_id}"
+        if target.is_dir():
+            return target
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version.version}.", dir=target.parent))
         try:
             self.client().download_artifacts(version.run_id, BUNDLE_ARTIFACT, str(staging))
             (staging / BUNDLE_ARTIFACT).rename(target)  # whole, or not at all
         except Exception as exc:  # MLflow raises several types for a missing artifact
+            if target.is_dir():  # another process (an api worker, a trainer) got there first
+                return target
             raise BundleError(
                 f"could not download the bundle of {name}/{version.version}: {exc}"
             ) from exc

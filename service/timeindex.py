@@ -50,7 +50,6 @@ _CALENDAR = {
     "ME": "month_of_year",
     "QS": "quarter_of_year",
     "QE": "quarter_of_year",
-    "W": "week_of_year",
     "D": "day_of_week",
     "B": "day_of_week",
     "h": "hour_of_day",
@@ -65,10 +64,17 @@ def _base(offset: BaseOffset) -> str:
 
 def calendar_covariate(freq: str) -> str | None:
     """The name of the calendar covariate for a frequency (``month_of_year`` for MS), or None
-    when the frequency has no seasonal period to place a timestamp in."""
-    if seasonal_period(freq) <= 1:
+    when there is none: no seasonal period, or a calendar position that does not advance by
+    exactly one per step (weeks: ISO years have 52 or 53; 5MS: 5 does not divide 12). Training
+    counts positions from each series' start, the service reads them off timestamps, and the
+    two agree only where every step advances the position by one."""
+    offset = parse_frequency(freq)
+    base = _base(offset)
+    if seasonal_period(freq) <= 1 or base == "W":
         return None
-    return _CALENDAR.get(_base(parse_frequency(freq)))
+    if base in _PERIODS and _PERIODS[base] % max(1, offset.n):
+        return None
+    return _CALENDAR.get(base)
 
 
 @lru_cache(maxsize=65536)

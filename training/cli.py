@@ -11,7 +11,7 @@ import pandas as pd
 
 from service.bundle import BundleError
 from service.errors import ServiceError
-from service.timeindex import seasonal_period
+from service.timeindex import calendar_covariate, seasonal_period
 from training import jobs_cli
 from training.data import DataError, load_long_csv
 from training.export import ParityError
@@ -153,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "retrain":
             return jobs_cli.run_retrain(args)
         freq = args.freq or _infer_freq(args.data)
+        if args.calendar and calendar_covariate(freq) is None:
+            raise ValueError(
+                f"--calendar: frequency {freq!r} has no calendar covariate (it needs a seasonal "
+                "period that every step advances by one: MS, QS, D, B, h...)"
+            )
         name = args.name or args.data.stem
         options = FitOptions(
             data=args.data,

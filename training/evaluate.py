@@ -86,7 +86,11 @@ def score(
     insample: Sequence[np.ndarray],
     m: int,
 ) -> dict[str, float]:
-    """Mean over series of each metric. actuals and forecasts are (S, H)."""
+    """Mean over series of each metric. actuals and forecasts are (S, H).
+
+    A series where a metric is undefined (MASE of a series whose history never changes) is
+    left out of that metric's mean rather than turning it into NaN: one flat series must not
+    hide how a model does on all the others."""
     per_metric: dict[str, Callable[[int], float]] = {
         "mae": lambda i: mae(actuals[i], forecasts[i]),
         "rmse": lambda i: rmse(actuals[i], forecasts[i]),
@@ -94,10 +98,12 @@ def score(
         "mape": lambda i: mape(actuals[i], forecasts[i]),
         "mase": lambda i: mase(actuals[i], forecasts[i], insample[i], m),
     }
-    return {
-        name: float(np.mean([fn(i) for i in range(len(actuals))]))
-        for name, fn in per_metric.items()
-    }
+    result = {}
+    for name, fn in per_metric.items():
+        values = np.array([fn(i) for i in range(len(actuals))], dtype=float)
+        defined = values[np.isfinite(values)]
+        result[name] = float(defined.mean()) if len(defined) else float("nan")
+    return result
 
 
 def format_table(results: dict[str, dict[str, float]], title: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -38,6 +39,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 def run_worker(args: argparse.Namespace) -> int:
     from training.worker import Worker
 
+    if args.parent_pid is not None:
+        os.nice(10)  # embedded beside the api: forecasts first, training with what is left
     Worker(Settings(), parent_pid=args.parent_pid).run(once=args.once)
     return 0
 
@@ -56,9 +59,15 @@ def run_retrain(args: argparse.Namespace) -> int:
         }
     )
     params = request.model_dump(exclude={"model"}, exclude_none=True)
-    sessions = build_sessionmaker(build_engine(Settings().database_url))
+    settings = Settings()
+    sessions = build_sessionmaker(build_engine(settings.database_url))
     with sessions() as session:
-        job, created = jobs.create_job(session, model_name=args.model, params=params)
+        job, created = jobs.create_job(
+            session,
+            model_name=args.model,
+            params=params,
+            max_attempts=settings.retrain_max_attempts,
+        )
     print(f"{'queued' if created else 'already queued or running'}: job {job.id}", file=sys.stderr)
     deadline = time.monotonic() + args.timeout_s
     while args.wait and job.status in ("queued", "running"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from service.db import repository
 from service.db.session import build_engine, build_sessionmaker
 from service.inference import Forecaster, load_forecaster
 from service.registry import CHAMPION, RegistryWatcher, check_compatible, registry_source
+from service.timeindex import parse_frequency, same_frequency
 from training.data import DataError, SeriesCalendar, holdout_split, prepare_long, series_values
 from training.evaluate import score
 from training.model import Checkpoint, ForecasterConfig
@@ -68,8 +70,11 @@ def find_champion(name: str, settings: Settings, registry: RegistryWatcher) -> C
         raise RetrainError(f"no champion for model {name!r}: {exc}") from exc
 
 
-def load_frame(settings: Settings, frequency: str, series_ids: list[str] | None) -> pd.DataFrame:
-    """The stored series to train on, in the long format, checked to be regular."""
+def load_frame(
+    settings: Settings, frequency: str, series_ids: list[str] | None
+) -> tuple[pd.DataFrame, list[str]]:
+    """The stored series to train on, in the long format, and the ids left out because they
+    have gaps (the windows assume one value per period; a gap would shift them)."""
     engine = build_engine(settings.database_url)
     try:
         with build_sessionmaker(engine)() as session:
@@ -83,15 +88,24 @@ def load_frame(settings: Settings, frequency: str, series_ids: list[str] | None)
         missing = sorted(set(series_ids) - set(frame["unique_id"]))
         if missing:
             raise RetrainError(f"stored series without observations (or unknown): {missing[:5]}")
-        other = sorted(set(frame.loc[frame["frequency"] != frequency, "unique_id"]))
+        other = sorted(
+            {u for u, f in zip(frame["unique_id"], frame["frequency"], strict=True)
+             if not same_frequency(f, frequency)}
+        )  # fmt: skip
         if other:
             raise RetrainError(f"series {other[:5]} are not of the model's frequency {frequency}")
     if frame.empty:
         raise RetrainError(f"no stored series of frequency {frequency} to train on")
-    try:
-        return prepare_long(frame.drop(columns="frequency"), frequency, "stored series")
-    except DataError as exc:
-        raise RetrainError(str(exc)) from exc
+    frame = prepare_long(frame.drop(columns="frequency"), None, "stored series")
+    offset = parse_frequency(frequency)
+    gappy = [
+        str(uid)
+        for uid, ds in frame.groupby("unique_id", sort=False)["ds"]
+        if not pd.DatetimeIndex(ds).equals(pd.date_range(ds.iloc[0], periods=len(ds), freq=offset))
+    ]
+    if gappy:
+        logger.warning("left out %d series with gaps, e.g. %s", len(gappy), gappy[:5])
+    return frame[~frame["unique_id"].isin(gappy)].reset_index(drop=True), gappy
 
 
 def training_plan(
@@ -185,19 +199,22 @@ def usable_series(
 
 
 def run_job(
-    model_name: str, params: dict[str, Any], settings: Settings, epoch_hook: EpochHook
+    model_name: str,
+    params: dict[str, Any],
+    settings: Settings,
+    epoch_hook: EpochHook,
+    still_ours: Callable[[], bool] = lambda: True,
 ) -> Outcome:
+    """``still_ours`` is asked just before the alias moves: a worker whose lease has lapsed
+    (another worker may be running the job again) must not promote."""
     registry = RegistryWatcher(settings)
     champion = find_champion(model_name, settings, registry)
     manifest = champion.bundle.manifest
     if manifest.frequency is None:
         raise RetrainError(f"{champion.source} declares no frequency to select series by")
     members, seeds, train, extra = training_plan(champion, params)
-    frame = usable_series(
-        load_frame(settings, manifest.frequency, params.get("series")),
-        champion,
-        extra["min_observed"],
-    )
+    stored, gappy = load_frame(settings, manifest.frequency, params.get("series"))
+    frame = usable_series(stored, champion, extra["min_observed"])
     serving = load_forecaster(str(champion.bundle.path), "cpu", 1)
     with tempfile.TemporaryDirectory() as tmp:
         options = FitOptions(
@@ -234,6 +251,8 @@ def run_job(
     policy = params.get("promote", "if_better")
     promote, decision, reason = decide(policy, candidate, champion_metrics)
     if promote:
+        if not still_ours():
+            raise RetrainError("the job's lease was lost before promotion; nothing promoted")
         registry.client().set_registered_model_alias(model_name, CHAMPION, version)
         logger.info("model %s: alias %s -> version %s (%s)", model_name, CHAMPION, version, reason)
     mlflow_ref = report.bundle.manifest.mlflow
@@ -245,6 +264,10 @@ def run_job(
         "decision": decision,
         "reason": reason,
         "series": int(frame["unique_id"].nunique()),
+        "series_left_out": {
+            "gaps": gappy[:100],
+            "too_short": int(stored["unique_id"].nunique() - frame["unique_id"].nunique()),
+        },
         "backtest": f"the last {manifest.horizon} steps of every series",
         "mlflow_run_id": mlflow_ref.run_id if mlflow_ref else None,
     }

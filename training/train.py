@@ -96,6 +96,11 @@ def fit(
     A split without validation windows (a refit) trains for ``max_epochs`` and returns the
     last weights; its validation losses are NaN.
     """
+    if not len(split.train_x):
+        raise ValueError(
+            f"no training windows: every series is shorter than input_size "
+            f"{model_config.input_size} + 3 x horizon {model_config.horizon} (or padding allows)"
+        )
     if train_config.loss_units == "relative" and model_config.transform != "log":
         raise ValueError("loss_units='relative' needs transform='log' (errors in log units)")
     seed_everything(train_config.seed)
@@ -175,7 +180,7 @@ def refit(
         raise ValueError("refit takes a split whose training windows include validation")
     again = fit(
         model_config,
-        replace(train_config, max_epochs=chosen.best_epoch),
+        replace(train_config, max_epochs=max(1, chosen.best_epoch)),
         split,
         on_epoch=on_epoch,
         progress=progress,

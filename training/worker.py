@@ -14,9 +14,12 @@ import os
 import signal
 import socket
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +31,8 @@ from service.db.tables import RetrainJob
 from training.retrain import run_job
 
 logger = logging.getLogger(__name__)
+
+RECORD_ATTEMPTS = 8  # about two minutes of retries
 
 
 class JobStopped(Exception):
@@ -59,11 +64,16 @@ class Heartbeat:
             logger.error("job %s: the lease was lost (requeued or failed meanwhile)", self.job_id)
             self.lost.set()
 
+    def still_ours(self) -> bool:
+        """Renew now and say whether the job is still this worker's (before promoting)."""
+        self.beat()
+        return not self.lost.is_set()
+
     def run(self) -> None:
         while not self.done.wait(self.settings.retrain_heartbeat_s):
             try:
                 self.beat()
-            except OperationalError as exc:  # the database blinked; the lease has slack
+            except Exception as exc:  # the database blinked; the lease has slack, keep beating
                 logger.warning("job %s: heartbeat failed: %s", self.job_id, exc)
             if self.lost.is_set():
                 return
@@ -97,15 +107,14 @@ class Worker:
                         lease_s=self.settings.retrain_lease_s,
                         max_attempts=self.settings.retrain_max_attempts,
                     )
-            except OperationalError as exc:
-                logger.warning("worker %s: database unavailable: %s", self.name, exc)
-                job = None
-            if job is not None:
-                self.execute(job)
-            elif once:
+                if job is not None:
+                    self.execute(job)
+                    continue
+            except Exception as exc:  # no database, no schema yet...: wait and try again
+                logger.warning("worker %s: %s: %s", self.name, type(exc).__name__, exc)
+            if once:
                 return
-            else:
-                self.stopping.wait(self.settings.worker_poll_s)
+            self.stopping.wait(self.settings.worker_poll_s)
 
     def _parent_alive(self) -> bool:
         """An embedded worker ends with the api that started it."""
@@ -129,7 +138,9 @@ class Worker:
 
         result, version, error = None, None, None
         try:
-            outcome = run_job(job.model_name, job.params, self.settings, on_epoch)
+            outcome = run_job(
+                job.model_name, job.params, self.settings, on_epoch, heartbeat.still_ours
+            )
             status, result, version = outcome.status, outcome.result, outcome.model_version
         except JobStopped:
             status = "stopped"
@@ -139,23 +150,33 @@ class Worker:
         finally:
             heartbeat.done.set()
             thread.join()
-        with self.sessions() as session:
-            if status == "stopped":
-                released = not heartbeat.lost.is_set() and jobs.release_job(
-                    session, job_id=job.id, worker=self.name
-                )
-                logger.info("job %s: stopped%s", job.id, ", back in the queue" if released else "")
-                return
-            recorded = jobs.finish_job(
-                session,
-                job_id=job.id,
-                worker=self.name,
-                status=status,
-                result=result,
-                error=error,
-                model_version=version,
-                progress=(epochs, epochs) if status != "failed" else heartbeat.progress,
+        if status == "stopped":
+            released = not heartbeat.lost.is_set() and self._record(
+                jobs.release_job, job_id=job.id, worker=self.name
             )
-        logger.info(
-            "job %s: %s%s", job.id, status, "" if recorded else " (lease lost: not recorded)"
+            logger.info("job %s: stopped%s", job.id, ", back in the queue" if released else "")
+            return
+        recorded = self._record(
+            jobs.finish_job,
+            job_id=job.id,
+            worker=self.name,
+            status=status,
+            result=result,
+            error=error,
+            model_version=version,
+            progress=(epochs, epochs) if status != "failed" else heartbeat.progress,
         )
+        note = "" if recorded else " (the lease was lost: not recorded)"
+        logger.info("job %s: %s%s", job.id, status, note)
+
+    def _record(self, write: Callable[..., bool], **kwargs: Any) -> bool:
+        """Write a job's outcome, retrying while the database is away: a result that is not
+        written would leave the job running until its lease expires, and then run again."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                with self.sessions() as session:
+                    return write(session, **kwargs)
+            except OperationalError as exc:
+                logger.warning("could not record job %s (%s); retrying", kwargs["job_id"], exc)
+                time.sleep(min(30.0, 2.0**attempt))
+        return False

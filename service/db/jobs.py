@@ -39,10 +39,12 @@ def _owned(job_id: str, worker: str) -> tuple[ColumnElement[bool], ...]:
 
 
 def create_job(
-    session: Session, *, model_name: str, params: dict[str, Any]
+    session: Session, *, model_name: str, params: dict[str, Any], max_attempts: int
 ) -> tuple[RetrainJob, bool]:
     """Queue a retrain of ``model_name``, or return the one already queued or running for it
-    (second value False). The database's unique index decides between concurrent callers."""
+    (second value False). The database's unique index decides between concurrent callers.
+    Leases that ran out are settled first, so a dead worker's job is not what comes back."""
+    expire_leases(session, max_attempts=max_attempts)
     existing = active_job(session, model_name=model_name)
     if existing is not None:
         return existing, False

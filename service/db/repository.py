@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.db.tables import ForecastLog, Observation, Series
 from service.errors import SeriesNotFound
+from service.timeindex import same_frequency
 
 
 @dataclass(frozen=True)
@@ -243,14 +244,15 @@ def series_for_training(
     session: Session, *, frequency: str, series_ids: Sequence[str] | None = None
 ) -> list[tuple[str, str, datetime, float]]:
     """Every observation of the stored series of one frequency (or of the named ones), as
-    (series_id, frequency, ts, value) rows ordered by series and time: a retrain's data."""
+    (series_id, frequency, ts, value) rows ordered by series and time: a retrain's data.
+    Frequencies match as offsets, as routing does: QS-JAN is QS."""
+    if series_ids is None:
+        stored = session.execute(select(Series.id, Series.frequency)).all()
+        series_ids = [sid for sid, freq in stored if same_frequency(freq, frequency)]
     query = (
         select(Observation.series_id, Series.frequency, Observation.ts, Observation.value)
         .join(Series, Series.id == Observation.series_id)
+        .where(Observation.series_id.in_(list(series_ids)))
         .order_by(Observation.series_id, Observation.ts)
     )
-    if series_ids is not None:
-        query = query.where(Observation.series_id.in_(list(series_ids)))
-    else:
-        query = query.where(Series.frequency == frequency)
     return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]

@@ -76,7 +76,6 @@ class ForecastLog(Base):
     values: Mapped[list[float]] = mapped_column(JSON)
 
 
-JOB_STATUSES = ("queued", "running", "succeeded", "rejected", "failed")
 ACTIVE_STATUSES = ("queued", "running")
 # At most one queued or running job per model, enforced by the database itself (a partial
 # unique index on both dialects), so two concurrent POST /retrain can't both insert one.

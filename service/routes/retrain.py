@@ -83,6 +83,7 @@ async def queue_retrain(
     response: Response,
     models: ModelsDep,
     sessions: SessionsDep,
+    settings: SettingsDep,
     body: Annotated[RetrainRequest | None, Body()] = None,
 ) -> RetrainJobOut:
     """Queue a retrain. 202 with the new job; 200 with the existing one when a retrain of the
@@ -93,7 +94,12 @@ async def queue_retrain(
 
     def create() -> tuple[RetrainJob, bool]:
         with sessions() as session:
-            return jobs.create_job(session, model_name=name, params=params)
+            return jobs.create_job(
+                session,
+                model_name=name,
+                params=params,
+                max_attempts=settings.retrain_max_attempts,
+            )
 
     job, created = await run_in_threadpool(create)
     if not created:

@@ -278,7 +278,8 @@ def test_corrupt_and_incompatible_bundles_are_refused_and_the_old_one_keeps_serv
     client = stack.mlflow()
     good = str(client.get_model_version_by_alias(MODEL, "champion").version)
     corrupt = stack.work / "corrupt"
-    shutil.copytree(stack.work / "registry" / MODEL / good, corrupt)
+    (cached,) = (stack.work / "registry" / MODEL).glob(f"{good}-*")  # what the api downloaded
+    shutil.copytree(cached, corrupt)
     data = bytearray((corrupt / MODEL_FILE).read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     (corrupt / MODEL_FILE).write_bytes(bytes(data))

@@ -21,9 +21,11 @@ def sessions(database_url):
 
 def test_one_active_job_per_model(sessions):
     with sessions() as session:
-        first, created = jobs.create_job(session, model_name="m", params={"mode": "scratch"})
-        again, created_again = jobs.create_job(session, model_name="m", params={})
-        other, created_other = jobs.create_job(session, model_name="n", params={})
+        first, created = jobs.create_job(
+            session, model_name="m", params={"mode": "scratch"}, max_attempts=3
+        )
+        again, created_again = jobs.create_job(session, model_name="m", params={}, max_attempts=3)
+        other, created_other = jobs.create_job(session, model_name="n", params={}, max_attempts=3)
     assert created and not created_again and created_other
     assert again.id == first.id and again.params == {"mode": "scratch"}
     assert other.id != first.id
@@ -32,7 +34,7 @@ def test_one_active_job_per_model(sessions):
 def test_concurrent_creates_make_one_job(sessions):
     def create(_: int) -> tuple[str, bool]:
         with sessions() as session:
-            job, created = jobs.create_job(session, model_name="m", params={})
+            job, created = jobs.create_job(session, model_name="m", params={}, max_attempts=3)
             return job.id, created
 
     with ThreadPoolExecutor(8) as pool:
@@ -43,7 +45,7 @@ def test_concurrent_creates_make_one_job(sessions):
 
 def test_a_claim_is_won_once_and_a_finished_job_frees_the_model(sessions):
     with sessions() as session:
-        job, _ = jobs.create_job(session, model_name="m", params={})
+        job, _ = jobs.create_job(session, model_name="m", params={}, max_attempts=3)
     with sessions() as a, sessions() as b:
         won = jobs.claim_job(a, worker="a", lease_s=60, max_attempts=3)
         lost = jobs.claim_job(b, worker="b", lease_s=60, max_attempts=3)
@@ -57,13 +59,13 @@ def test_a_claim_is_won_once_and_a_finished_job_frees_the_model(sessions):
         )
         done = jobs.get_job(session, job_id=job.id)
         assert (done.status, done.epoch, done.total_epochs) == ("rejected", 3, 10)
-        _, created = jobs.create_job(session, model_name="m", params={})
+        _, created = jobs.create_job(session, model_name="m", params={}, max_attempts=3)
     assert created  # the model may be retrained again
 
 
 def test_an_expired_lease_is_requeued_then_failed_after_the_retry_limit(sessions):
     with sessions() as session:
-        job, _ = jobs.create_job(session, model_name="m", params={})
+        job, _ = jobs.create_job(session, model_name="m", params={}, max_attempts=3)
     for attempt in (1, 2):
         with sessions() as session:
             claimed = jobs.claim_job(session, worker=f"w{attempt}", lease_s=0.01, max_attempts=2)
@@ -79,7 +81,7 @@ def test_an_expired_lease_is_requeued_then_failed_after_the_retry_limit(sessions
 
 def test_a_released_job_goes_back_to_the_queue_without_using_an_attempt(sessions):
     with sessions() as session:
-        job, _ = jobs.create_job(session, model_name="m", params={})
+        job, _ = jobs.create_job(session, model_name="m", params={}, max_attempts=3)
         jobs.claim_job(session, worker="a", lease_s=60, max_attempts=3)
         assert jobs.release_job(session, job_id=job.id, worker="a")
         again = jobs.claim_job(session, worker="b", lease_s=60, max_attempts=3)

@@ -52,3 +52,12 @@ def test_seasonal_naive_on_air_passengers_1960_is_47_8():
 )
 def test_seasonal_period(freq, m):
     assert seasonal_period(freq) == m
+
+
+def test_a_flat_series_leaves_mase_defined_over_the_others():
+    actuals = np.array([[10.0, 12.0], [5.0, 5.0]])
+    forecasts = np.array([[11.0, 12.0], [5.0, 6.0]])
+    insample = [np.array([1.0, 2.0, 3.0, 4.0]), np.array([5.0, 5.0, 5.0, 5.0])]  # 2nd: flat
+    result = score(actuals, forecasts, insample, m=1)
+    assert result["mase"] == pytest.approx(0.5)  # series 1 only: MAE 0.5 / scale 1
+    assert result["mae"] == pytest.approx(0.5)  # both series: (0.5 + 0.5) / 2
