@@ -28,7 +28,15 @@ serve: $(VENV)/.serve-installed
 	$(PY) -m service migrate
 	$(PY) -m service serve --host $(HOST) --port $(PORT)
 
+# The deployment tests validate docker-compose.yml with Debian's docker-compose (it needs no
+# Docker engine for that); as root, make installs it when missing.
 test: $(VENV)/.dev-installed
+	@command -v docker-compose >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null 2>&1; \
+		else \
+			echo "make test needs docker-compose: sudo apt-get install docker-compose" >&2; exit 1; \
+		fi; }
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev-installed

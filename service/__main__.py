@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     serve.add_argument("--workers", type=int, default=1)
     commands.add_parser("migrate", help="upgrade the database (DATABASE_URL) to the latest schema")
+    commands.add_parser(
+        "schedule", help="call POST /retrain on FORECAST_SCHEDULE_CRON (scheduled retrains)"
+    )
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -34,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
         from service.db.migrate import upgrade
 
         upgrade(settings.database_url)
+        return
+    if args.command == "schedule":
+        from service.scheduler import run
+
+        run(settings)
         return
     worker = EmbeddedWorker.start(settings)
     try:
@@ -44,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level.lower(),
-            timeout_graceful_shutdown=20,
+            timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
         )
     finally:
         if worker is not None:

@@ -102,6 +102,23 @@ class Settings(BaseSettings):
     worker_poll_s: float = Field(
         default=2.0, gt=0, description="How often an idle worker looks for queued jobs."
     )
+    graceful_shutdown_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="On SIGTERM uvicorn lets requests in flight finish for this long; keep it "
+        "below the orchestrator's grace period (compose: stop_grace_period).",
+    )
+    schedule_cron: str = Field(
+        default="",
+        description="python -m service schedule: when to call POST /retrain (cron, UTC; five "
+        "fields, or six with seconds first).",
+    )
+    schedule_api_url: str = Field(
+        default="http://127.0.0.1:8000", description="The api the scheduler calls."
+    )
+    schedule_body: str = Field(
+        default="{}", description='The JSON body it posts, e.g. {"model": "m3_monthly"}.'
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:
