@@ -25,20 +25,50 @@ from service.config import Settings
 logger = logging.getLogger(__name__)
 
 
+DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def cron_weekdays(field: str) -> str:
+    """A cron weekday field (0 or 7 = Sunday, 1 = Monday ... 6; names; ranges, steps, lists)
+    as APScheduler's day names. APScheduler numbers days from Monday = 0, so a cron "1" passed
+    through unchanged would mean Tuesday."""
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        span, _, step = part.partition("/")
+        if span == "*":
+            first, last = 0, 6
+        else:
+            low, _, high = span.partition("-")
+            first, last = _day(low), _day(high or low)
+            if high and last == 0 and first > 0:
+                last = 7  # "5-7" and "fri-sun" run to Sunday
+        days.update(d % 7 for d in range(first, last + 1, int(step or 1)))
+    return ",".join(DAY_NAMES[d] for d in sorted(days))
+
+
+def _day(token: str) -> int:
+    return DAY_NAMES.index(token[:3]) if token[:3] in DAY_NAMES else int(token) % 7
+
+
 def trigger(expression: str) -> CronTrigger:
+    """Five fields (minute hour day month weekday), or six with seconds first (as in Quartz
+    and Spring); weekdays as cron numbers them."""
     fields = expression.split()
-    if len(fields) == 6:  # seconds first, as in Quartz and Spring
-        second, minute, hour, day, month, weekday = fields
-        return CronTrigger(
-            second=second,
-            minute=minute,
-            hour=hour,
-            day=day,
-            month=month,
-            day_of_week=weekday,
-            timezone=UTC,
-        )
-    return CronTrigger.from_crontab(expression, timezone=UTC)
+    if len(fields) not in (5, 6):
+        raise ValueError(f"a cron expression has 5 or 6 fields, not {len(fields)}: {expression!r}")
+    second = fields.pop(0) if len(fields) == 6 else "0"
+    minute, hour, day, month, weekday = fields
+    return CronTrigger(
+        second=second,
+        minute=minute,
+        hour=hour,
+        day=day,
+        month=month,
+        day_of_week=cron_weekdays(weekday),
+        timezone=UTC,
+    )
 
 
 def post_retrain(settings: Settings, token: str) -> tuple[int, dict[str, object]]:
