@@ -103,6 +103,17 @@ def start_api_process(
     raise RuntimeError(f"the api did not become ready within {timeout_s} s\n{output}")
 
 
+def store_series(base: str, series_id: str, frame: pd.DataFrame, frequency: str = "MS") -> None:
+    """Create a series over HTTP and upload ``frame``'s ds and y as its observations (CSV)."""
+    httpx.put(f"{base}/series/{series_id}", json={"frequency": frequency}).raise_for_status()
+    rows = frame[["ds", "y"]].rename(columns={"ds": "ts", "y": "value"})
+    httpx.post(
+        f"{base}/series/{series_id}/observations",
+        content=rows.to_csv(index=False),
+        headers={"content-type": "text/csv"},
+    ).raise_for_status()
+
+
 @contextmanager
 def serve(settings: Settings) -> Iterator[httpx.Client]:
     """Run create_app(settings) under uvicorn in a thread; yield an HTTP client for it."""

@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import AIR_CSV, MODELS, REPO, free_port, fresh_database
+from tests.conftest import AIR_CSV, MODELS, REPO, free_port, fresh_database, store_series
 from tests.deploy.conftest import SECRETS, resolved_compose
 
 pytestmark = pytest.mark.slow
@@ -168,13 +168,7 @@ def test_the_compose_services_run_the_users_path_as_local_processes(tmp_path):
         base = f"http://127.0.0.1:{topology.ports['api']}"
 
         # Ingest a series and forecast it: the folder bundle answers.
-        httpx.put(f"{base}/series/air", json={"frequency": "MS"}).raise_for_status()
-        air = pd.read_csv(AIR_CSV)[["ds", "y"]].rename(columns={"ds": "ts", "y": "value"})
-        httpx.post(
-            f"{base}/series/air/observations",
-            content=air.to_csv(index=False),
-            headers={"content-type": "text/csv"},
-        ).raise_for_status()
+        store_series(base, "air", pd.read_csv(AIR_CSV))
         ask = {"series": [{"id": "air"}], "horizon": 12, "model": MODEL}
         before = httpx.post(f"{base}/forecast", json=ask).json()["forecasts"][0]["model"]
         source = httpx.get(f"{base}/models/{MODEL}").json()["source"]

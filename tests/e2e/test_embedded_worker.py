@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from service.db import migrate
-from tests.conftest import AIR_CSV, MODELS, REPO, start_api_process
+from tests.conftest import AIR_CSV, MODELS, REPO, start_api_process, store_series
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +46,7 @@ def test_serve_runs_a_worker_that_does_a_queued_retrain_and_ends_with_the_api(tm
         workers = [pid for pid, cmd in children(api.pid).items() if "training worker" in cmd]
         assert len(workers) == 1, children(api.pid)
         assert (tmp_path / "var" / "admin_token").is_file()  # generated: nothing configured
-        httpx.put(f"{base}/series/air", json={"frequency": "MS"}).raise_for_status()
-        air = pd.read_csv(AIR_CSV)[["ds", "y"]].rename(columns={"ds": "ts", "y": "value"})
-        httpx.post(
-            f"{base}/series/air/observations",
-            content=air.to_csv(index=False),
-            headers={"content-type": "text/csv"},
-        ).raise_for_status()
+        store_series(base, "air", pd.read_csv(AIR_CSV))
         done = subprocess.run(
             [sys.executable, "-m", "training", "retrain", "--model", "air_passengers",
              "--promote", "never", "--max-epochs", "2", "--wait", "--timeout-s", "240"],

@@ -27,7 +27,7 @@ import pytest
 
 from service.bundle import MODEL_FILE
 from service.db import migrate
-from tests.conftest import AIR_CSV, REPO, fresh_database, start_api_process
+from tests.conftest import AIR_CSV, REPO, fresh_database, start_api_process, store_series
 
 pytestmark = pytest.mark.slow
 
@@ -153,13 +153,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         api, base = start_api_process(env, work, capture=False)
         stack = Stack(work, env, base, api)
         for uid, group in series.groupby("unique_id"):
-            httpx.put(f"{base}/series/{uid}", json={"frequency": "MS"}).raise_for_status()
-            body = group[["ds", "y"]].rename(columns={"ds": "ts", "y": "value"}).to_csv(index=False)
-            httpx.post(
-                f"{base}/series/{uid}/observations",
-                content=body,
-                headers={"content-type": "text/csv"},
-            ).raise_for_status()
+            store_series(base, str(uid), group)
         try:
             yield stack
         finally:
