@@ -75,6 +75,13 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def stop_workers(self) -> None:
+        """SIGTERM every worker still running, so the next test knows who claims its job."""
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=60)
+
     def job(self, job_id: str) -> dict:
         return httpx.get(f"{self.base}/retrain/{job_id}").json()
 
@@ -325,3 +332,30 @@ def test_a_worker_killed_mid_training_has_its_job_requeued_and_finished_by_anoth
     done = stack.wait_job(job_id, lambda j: j["status"] not in ("queued", "running"))
     assert done["status"] == "succeeded" and done["decision"] == "not_promoted", done
     assert done["attempts"] == 2
+
+
+def test_sigterm_mid_training_puts_the_job_back_in_the_queue(stack):
+    stack.stop_workers()
+    worker = stack.start_worker()
+    response = httpx.post(
+        f"{stack.base}/retrain",
+        json={
+            "model": MODEL,
+            "mode": "scratch",
+            "promote": "never",
+            "overrides": {"max_epochs": 150, "patience": 150},
+        },
+        headers=ADMIN,
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    stack.wait_job(
+        job_id, lambda j: j["status"] == "running" and (j["progress"] or {}).get("epoch", 0) >= 2
+    )
+    worker.send_signal(signal.SIGTERM)  # as compose stops it: finish the epoch, give the job back
+    assert worker.wait(timeout=60) == 0
+    released = stack.job(job_id)
+    assert released["status"] == "queued" and released["attempts"] == 0, released
+    stack.start_worker()
+    done = stack.wait_job(job_id, lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
