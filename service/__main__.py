@@ -12,8 +12,8 @@ import threading
 
 import uvicorn
 
-from service.app import configure_logging
 from service.config import Settings
+from service.observability import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "migrate":
         from service.db.migrate import upgrade
 
@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level.lower(),
+            # Logging is set up by the app (JSON, with request ids), in each worker process;
+            # service.access replaces uvicorn's access log.
+            log_config=None,
+            access_log=False,
             timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
         )
     finally:

@@ -69,7 +69,7 @@ def _read(path: Path) -> str:
         return ""
 
 
-def require_admin(
+async def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:

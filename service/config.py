@@ -48,8 +48,41 @@ class Settings(BaseSettings):
     inline_batch_max: int = Field(
         default=16,
         ge=0,
-        description="Batches up to this many series run on the event loop (sub-millisecond); "
-        "larger ones run in a worker thread so they never block it.",
+        description="Requests of up to this many series are planned and answered on the event "
+        "loop (microseconds); larger ones in a worker thread so they never block it. Models "
+        "always run in the inference threads.",
+    )
+    inference_threads: int = Field(
+        default=2,
+        ge=1,
+        description="Threads that run model inferences, each session call with "
+        "FORECAST_INTRA_OP_THREADS threads. Small requests share one batch at a time; a large "
+        "request is split over all of them. Keep workers x inference threads x intra-op "
+        "threads <= cores.",
+    )
+    batch_max_rows: int = Field(
+        default=256,
+        ge=1,
+        description="Concurrent requests are batched into one session call up to this many "
+        "series; a request of more is split over the inference threads instead.",
+    )
+    series_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="Stored series whose latest window the api keeps in memory (PostgreSQL "
+        "only: changes reach every api process by LISTEN/NOTIFY); 0 turns the cache off.",
+    )
+    forecast_log_flush_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="The forecast log (forecasts served for stored series) is written in "
+        "batches this often; a crash loses at most this much of it.",
+    )
+    forecast_log_max_pending: int = Field(
+        default=100_000,
+        ge=1,
+        description="Forecast log rows kept while the database is unreachable; beyond this "
+        "the oldest are dropped (logged and counted).",
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="413 above.")
     max_series_per_request: int = Field(default=1000, ge=1)
@@ -57,6 +90,22 @@ class Settings(BaseSettings):
     max_observations_per_request: int = Field(default=100_000, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
     log_level: str = Field(default="INFO")
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="Logs on stderr: one JSON object per line (with request_id), or text.",
+    )
+    access_log: Literal["all", "errors", "off"] = Field(
+        default="errors",
+        description="Access log records (method, path, route, status, duration_ms, "
+        "request_id): for every request, for 4xx and 5xx answers only, or for 5xx only. "
+        "Counts and latencies of every request are in /metrics either way.",
+    )
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry traces and metrics, sent to the providers "
+        "an OpenTelemetry SDK set up (e.g. opentelemetry-instrument). Off: its check for a "
+        "configured provider costs about 4% of /forecast throughput.",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token for admin routes (POST /retrain). Unset: the api generates "

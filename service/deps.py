@@ -11,23 +11,29 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import Settings
 from service.errors import ModelNotReady
 from service.model_set import ModelSet
+from service.serving import Serving
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_models(request: Request) -> ModelSet:
+async def get_models(request: Request) -> ModelSet:
     models: ModelSet = request.app.state.models
     if not models.models:
         raise ModelNotReady(f"no model is loaded: {models.refused}")
     return models
 
 
-def get_sessions(request: Request) -> sessionmaker[Session]:
+async def get_sessions(request: Request) -> sessionmaker[Session]:
     sessions: sessionmaker[Session] = request.app.state.sessions
     return sessions
+
+
+async def get_serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -39,3 +45,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelSet, Depends(get_models)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 SessionDep = Annotated[Session, Depends(get_session)]
+ServingDep = Annotated[Serving, Depends(get_serving)]

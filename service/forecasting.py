@@ -140,16 +140,24 @@ def _fallback(n: int, forecaster: Forecaster, strict: bool, what: str, loc: Loc)
     return "seasonal_naive" if n >= m.seasonal_period else "naive"
 
 
-def _check_range(values: Sequence[float], forecaster: Forecaster, loc: Loc) -> None:
-    if max(abs(v) for v in values) > FLOAT32_MAX:
+def check_windows(group: list[Plan], windows: np.ndarray) -> None:
+    """The model inputs (B, L) of one model's plans, checked at once: finite in float32, and
+    positive for models that take logs. The first bad row is named by its place."""
+    m = group[0].forecaster.manifest
+    finite = np.isfinite(windows).all(axis=1)  # values beyond float32's range became inf
+    positive = (windows > 0).all(axis=1) if m.input_domain == "positive" else finite
+    bad = np.flatnonzero(~(finite & positive))
+    if not bad.size:
+        return
+    plan = group[int(bad[0])]
+    loc: Loc = ("body", "series", plan.index, "id" if plan.stored else "history")
+    if not finite[bad[0]]:
         raise InvalidInput(f"history values must lie within +-{FLOAT32_MAX:.3e} (float32)", loc)
-    m = forecaster.manifest
-    if m.input_domain == "positive" and min(values) <= 0:
-        raise InvalidInput(
-            f"model {m.name!r} works on logs and needs values > 0 in its input window; "
-            f"got {min(values):g}",
-            loc,
-        )
+    raise InvalidInput(
+        f"model {m.name!r} works on logs and needs values > 0 in its input window; "
+        f"got {min(plan.values):g}",
+        loc,
+    )
 
 
 def _plan_inline(
@@ -177,8 +185,6 @@ def _plan_inline(
         )
     fallback = _fallback(n, forecaster, request.strict, "history", (*loc, "history"))
     values = history[-forecaster.manifest.input_size :]
-    if fallback is None:
-        _check_range(values, forecaster, (*loc, "history"))
     last = step_from(start, n - 1, freq)
     labels = future_labels(last, request.horizon, freq)
     position = _position(forecaster, last, freq)
@@ -217,8 +223,6 @@ def _plan_stored(
             f"{format_timestamps([expected[-1]])[0]}; upload them, then ask again",
             (*loc, "id"),
         )
-    if fallback is None:
-        _check_range(values, forecaster, (*loc, "id"))
     labels = future_labels(ts[-1], request.horizon, freq)
     position = _position(forecaster, ts[-1], freq)
     return Plan(index, window.series_id, forecaster, values, labels, fallback, True, position)
@@ -232,14 +236,41 @@ def _position(forecaster: Forecaster, last: datetime, freq: str) -> int:
 
 
 def infer(plans: list[Plan], request: ForecastRequest) -> list[SeriesForecast]:
-    """One batched inference per model over its series; baselines for the fallbacks."""
-    results: list[SeriesForecast | None] = [None] * len(plans)
-    horizon, wanted = request.horizon, request.requested_quantiles()
-    by_model: dict[str, list[Plan]] = {}
+    """Synchronously: one session call per model over its series (batch jobs, tests)."""
+    groups = by_model(plans)
+    outputs = [group[0].forecaster.predict(*model_inputs(group)) for group in groups]
+    return assemble(plans, groups, outputs, request)
+
+
+def by_model(plans: list[Plan]) -> list[list[Plan]]:
+    """The plans the models answer, one group per model (fallbacks are left out)."""
+    groups: dict[str, list[Plan]] = {}
     for plan in plans:
         if plan.fallback is None:
-            by_model.setdefault(plan.forecaster.manifest.name, []).append(plan)
-        else:
+            groups.setdefault(plan.forecaster.manifest.name, []).append(plan)
+    return list(groups.values())
+
+
+def model_inputs(group: list[Plan]) -> tuple[np.ndarray, np.ndarray]:
+    """Windows (B, L) and calendar positions (B,) of one model's plans, checked."""
+    with np.errstate(over="ignore"):  # too large for float32: inf, refused just below
+        windows = np.asarray([p.values for p in group], dtype=np.float32)
+    check_windows(group, windows)
+    positions = np.asarray([p.position for p in group], dtype=np.float32)
+    return windows, positions
+
+
+def assemble(
+    plans: list[Plan],
+    groups: list[list[Plan]],
+    outputs: list[np.ndarray],
+    request: ForecastRequest,
+) -> list[SeriesForecast]:
+    """Label the model outputs (B, H, Q) and answer the fallbacks with their baseline."""
+    results: list[SeriesForecast | None] = [None] * len(plans)
+    horizon, wanted = request.horizon, request.requested_quantiles()
+    for plan in plans:
+        if plan.fallback is not None:
             m = plan.forecaster.manifest
             values = seasonal_naive(
                 np.asarray(plan.values, dtype=np.float64), horizon, m.seasonal_period
@@ -251,12 +282,9 @@ def infer(plans: list[Plan], request: ForecastRequest) -> list[SeriesForecast]:
                 timestamps=list(plan.labels),
                 values=values.tolist(),
             )
-    for group in by_model.values():
-        forecaster = group[0].forecaster
-        m = forecaster.manifest
-        windows = np.asarray([p.values for p in group], dtype=np.float32)  # (B, L)
-        positions = np.asarray([p.position for p in group], dtype=np.float32)  # (B,)
-        output = forecaster.predict(windows, positions)[:, :horizon]  # (B, horizon, Q)
+    for group, full in zip(groups, outputs, strict=True):
+        m = group[0].forecaster.manifest
+        output = full[:, :horizon]  # (B, horizon, Q)
         bad = np.flatnonzero(~np.isfinite(output).all(axis=(1, 2)))
         if bad.size:  # e.g. values near float32's limit overflow the window statistics
             raise InvalidInput(
@@ -266,16 +294,18 @@ def infer(plans: list[Plan], request: ForecastRequest) -> list[SeriesForecast]:
             )
         columns = {f"{q:g}": _quantile_index(m.quantiles, q) for q in wanted}
         model = ModelRef(name=m.name, version=m.version)
+        point = output[:, :, m.point_quantile_index].astype(float).tolist()  # (B, horizon)
+        bands = {k: output[:, :, c].astype(float).tolist() for k, c in columns.items()}
         for row, plan in enumerate(group):
-            results[plan.index] = SeriesForecast(
+            # model_construct: every field is built here from checked values; validating
+            # them again took most of the time of a 1,000-series answer.
+            results[plan.index] = SeriesForecast.model_construct(
                 id=plan.series_id,
                 method="model",
                 model=model,
                 timestamps=list(plan.labels),
-                values=output[row, :, m.point_quantile_index].astype(float).tolist(),
-                quantiles={k: output[row, :, c].astype(float).tolist() for k, c in columns.items()}
-                if wanted
-                else None,
+                values=point[row],
+                quantiles={k: band[row] for k, band in bands.items()} if wanted else None,
             )
     return [r for r in results if r is not None]
 
@@ -284,41 +314,34 @@ def _quantile_index(quantiles: list[float], q: float) -> int:
     return next(i for i, have in enumerate(quantiles) if math.isclose(q, have, abs_tol=1e-9))
 
 
-def run_forecast(
-    request: ForecastRequest,
-    models: ModelSet,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-) -> list[SeriesForecast]:
-    """Plan, infer and, for stored series, log. Runs synchronously: the route calls it in a
-    worker thread when it touches the database or the batch is large."""
-    stored_ids = [s.id for s in request.series if s.is_stored]
-    if not stored_ids:
-        return infer(plan_request(request, models, settings), request)
+def read_windows(
+    request: ForecastRequest, series_ids: list[str], size: int, sessions: sessionmaker[Session]
+) -> dict[str, StoredWindow]:
+    """The latest ``size`` observations of these stored series of the request (run in a
+    worker thread); an unknown id is reported at its place in the request."""
     with sessions() as session:
         try:
-            size = max(f.manifest.input_size for f in models.models.values())
-            stored = repository.latest_windows(session, series_ids=stored_ids, size=size)
+            return repository.latest_windows(session, series_ids=series_ids, size=size)
         except SeriesNotFound as exc:
             index = next(i for i, s in enumerate(request.series) if s.id == exc.series_id)
             raise SeriesNotFound(exc.series_id, ("body", "series", index, "id")) from None
-        plans = plan_request(request, models, settings, stored)
-        forecasts = infer(plans, request)
-        now = datetime.now(UTC)
-        repository.record_forecasts(
-            session,
-            rows=[
-                {
-                    "series_id": f.id,
-                    "model_name": f.model.name if f.model else f.method,
-                    "model_version": f.model.version if f.model else "-",
-                    "issued_at": now,
-                    "horizon": request.horizon,
-                    "target_ts": f.timestamps,
-                    "values": f.values,
-                }
-                for f, plan in zip(forecasts, plans, strict=True)
-                if plan.stored
-            ],
-        )
-    return forecasts
+
+
+def log_rows(
+    forecasts: list[SeriesForecast], plans: list[Plan], horizon: int
+) -> list[dict[str, object]]:
+    """Forecast log rows (ForecastLog's columns) for the stored series among ``plans``."""
+    now = datetime.now(UTC)
+    return [
+        {
+            "series_id": f.id,
+            "model_name": f.model.name if f.model else f.method,
+            "model_version": f.model.version if f.model else "-",
+            "issued_at": now,
+            "horizon": horizon,
+            "target_ts": f.timestamps,
+            "values": f.values,
+        }
+        for f, plan in zip(forecasts, plans, strict=True)
+        if plan.stored
+    ]

@@ -34,7 +34,7 @@ def choose_providers(requested: Provider) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: the batcher's key
 class Forecaster:
     """One loaded bundle: its manifest and an onnxruntime session.
 

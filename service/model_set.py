@@ -23,6 +23,8 @@ class ModelSet:
     models: dict[str, Forecaster]
     defaults: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    # for_frequency's answers (the set never changes: a swap builds a new one).
+    _routes: dict[str, Forecaster] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def served_frequencies(self) -> list[str]:
@@ -35,6 +37,12 @@ class ModelSet:
 
     def for_frequency(self, freq: str, loc: Loc) -> Forecaster:
         """The model for a frequency: the configured default, else the first by name."""
+        routed = self._routes.get(freq)
+        if routed is None:
+            routed = self._routes[freq] = self._choose(freq, loc)
+        return routed
+
+    def _choose(self, freq: str, loc: Loc) -> Forecaster:
         candidates = [
             name
             for name, f in sorted(self.models.items())

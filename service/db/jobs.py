@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, select, update
+from sqlalchemy import ColumnElement, CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -87,6 +87,16 @@ def list_jobs(session: Session, *, limit: int, model_name: str | None = None) ->
     if model_name is not None:
         query = query.where(RetrainJob.model_name == model_name)
     return list(session.scalars(query))
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """Jobs per status, every status present (0 when none): the metrics gauge."""
+    counts = dict.fromkeys((*ACTIVE_STATUSES, *FINISHED_STATUSES), 0)
+    for status, count in session.execute(
+        select(RetrainJob.status, func.count()).group_by(RetrainJob.status)
+    ):
+        counts[status] = int(count)
+    return counts
 
 
 def expire_leases(session: Session, *, max_attempts: int) -> int:

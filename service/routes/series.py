@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service import ingest
 from service.config import Settings
 from service.db import repository
-from service.deps import SessionDep, SessionsDep, SettingsDep
+from service.deps import ServingDep, SessionDep, SessionsDep, SettingsDep
 from service.errors import LimitExceeded, SeriesConflict, UnknownFrequency
 from service.schemas import (
     SERIES_ID_PATTERN,
@@ -55,7 +55,11 @@ def _check_page(limit: int, settings: Settings, loc: str = "limit") -> None:
     },
 )
 def put_series(
-    series_id: SeriesIdPath, body: SeriesPut, session: SessionDep, response: Response
+    series_id: SeriesIdPath,
+    body: SeriesPut,
+    session: SessionDep,
+    serving: ServingDep,
+    response: Response,
 ) -> SeriesOut:
     try:
         parse_frequency(body.frequency)
@@ -75,6 +79,7 @@ def put_series(
     series, created = repository.put_series(
         session, series_id=series_id, frequency=body.frequency, description=body.description
     )
+    serving.series_changed(series_id)
     if created:
         response.status_code = status.HTTP_201_CREATED
     return _out(series)
@@ -112,14 +117,20 @@ OBSERVATIONS_BODY = {
     },
 )
 async def upload_observations(
-    series_id: SeriesIdPath, request: Request, sessions: SessionsDep, settings: SettingsDep
+    series_id: SeriesIdPath,
+    request: Request,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    serving: ServingDep,
 ) -> IngestResult:
     """Insert or replace observations by timestamp. All rows are checked first (finite values,
     on the series' frequency, no timestamp twice); one bad row and nothing is stored. The answer
     comes after the commit."""
     body = await request.body()
     content_type = request.headers.get("content-type", "")
-    return await run_in_threadpool(_ingest, sessions, settings, series_id, content_type, body)
+    result = await run_in_threadpool(_ingest, sessions, settings, series_id, content_type, body)
+    serving.series_changed(series_id)  # committed: this process's next forecast sees it
+    return result
 
 
 def _ingest(
@@ -187,6 +198,7 @@ def get_observations(
 
 
 @router.delete("/{series_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-def delete_series(series_id: SeriesIdPath, session: SessionDep) -> Response:
+def delete_series(series_id: SeriesIdPath, session: SessionDep, serving: ServingDep) -> Response:
     repository.delete_series(session, series_id=series_id)
+    serving.series_changed(series_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

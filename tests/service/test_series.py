@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -35,6 +36,15 @@ def count_rows(database_url: str, table: str) -> int:
         n = connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
     engine.dispose()
     return int(n)
+
+
+def wait_for_rows(database_url: str, table: str, n: int, timeout_s: float = 10) -> int:
+    """The forecast log is written in batches (FORECAST_FORECAST_LOG_FLUSH_S, 0.25 s by
+    default): wait until ``table`` holds ``n`` rows, or return the count at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while (count := count_rows(database_url, table)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
 
 
 def stored_forecast(client, horizon: int = 12, series_id: str = "air"):
@@ -210,7 +220,7 @@ def test_delete_removes_series_observations_and_forecast_log(client, air_csv, da
     put(client)
     upload_csv(client, air_csv)
     stored_forecast(client)
-    assert count_rows(database_url, "forecasts") == 1
+    assert wait_for_rows(database_url, "forecasts", 1) == 1
     assert client.delete("/series/air").status_code == 204
     assert client.get("/series/air").status_code == 404
     assert client.delete("/series/air").status_code == 404
@@ -235,6 +245,7 @@ def test_every_stored_forecast_is_logged_with_its_model_version(client, air_csv,
     put(client)
     upload_csv(client, air_csv)
     served = stored_forecast(client, 6).json()["forecasts"][0]
+    assert wait_for_rows(database_url, "forecasts", 1) == 1
     engine = create_engine(database_url)
     with engine.connect() as connection:
         row = connection.execute(

@@ -1,0 +1,363 @@
+"""Serving benchmark: the api against the HTTP floor and MLflow serving, in one run.
+
+Starts three servers on loopback, each one uvicorn worker: the api (``python -m service
+serve``, on a fresh PostgreSQL database holding 1,000 stored monthly series), a no-op FastAPI
+endpoint that accepts the same JSON body (the floor: ``bench/floor_app.py``), and ``mlflow
+models serve`` of the same ONNX model (the peer a user would pick instead). wrk drives each
+for ``--duration`` seconds per case at 1 and 16 connections and reports requests/s and p50/p99
+latency. Prints a markdown table, the targets of issue 7, and a last line with the key ratios.
+
+    python bench/serving.py [--duration 10] [--model air_passengers] [--out FILE]
+
+Needs wrk (Debian: apt-get install wrk) and the dev dependencies (mlflow, onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.report import emit, run_facts  # noqa: E402
+from service.schemas import AIR_PASSENGERS_1949_1960  # noqa: E402
+from tests.conftest import free_port, fresh_database, start_api_process  # noqa: E402
+
+N_STORED = 1000
+HISTORY = 72  # monthly observations per stored series (six years)
+
+# With several bodies wrk calls request() for every request and sends one at random (so the
+# stored-series cases read a different series each time); with one, the same request is sent
+# without calling into Lua (less of wrk's CPU on this 2-core machine, for every server alike).
+# done() prints the figures as one JSON line.
+WRK_SCRIPT = """
+local bodies = {}
+for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
+local path = os.getenv("BENCH_PATH")
+wrk.method = "POST"
+wrk.path = path
+wrk.body = bodies[1]
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
+math.randomseed(7)
+if #bodies > 1 then
+  request = function()
+    return wrk.format(nil, path, nil, bodies[math.random(#bodies)])
+  end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "mean_us": %f, '
+    .. '"errors": %d, "non_2xx": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.mean, e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    failed: int
+
+
+def wrk(url: str, bodies: list[str], connections: int, duration_s: float, work: Path) -> Result:
+    """One wrk run (one thread) against ``url`` with bodies drawn at random from ``bodies``."""
+    script, body_file = work / "bench.lua", work / "bodies.jsonl"
+    script.write_text(WRK_SCRIPT)
+    body_file.write_text("\n".join(bodies) + "\n")
+    base, _, path = url.partition("://")[2].partition("/")
+    env = {
+        **os.environ,
+        "BENCH_BODIES": str(body_file),
+        "BENCH_PATH": "/" + path,
+        "BENCH_CONTENT_TYPE": "application/json",
+    }
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--timeout", "30s"]
+    command += ["-s", str(script), f"http://{base}"]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    return Result(
+        rps=figures["requests"] / (figures["duration_us"] / 1e6),
+        p50_ms=figures["p50_us"] / 1e3,
+        p99_ms=figures["p99_us"] / 1e3,
+        requests=figures["requests"],
+        failed=figures["errors"] + figures["non_2xx"],
+    )
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")
+        try:
+            if httpx.get(url).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout_s} s")
+
+
+@contextmanager
+def process(command: list[str], url: str, log: Path, env: dict[str, str]) -> Iterator[int]:
+    """Run a server until the block ends; yields its pid once ``url`` answers."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=out
+        )
+        try:
+            try:
+                wait_until_up(url, proc)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n{log.read_text()[-3000:]}") from None
+            yield proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def stored_history(i: int) -> list[float]:
+    """AirPassengers-shaped series, scaled and shifted per series, all positive."""
+    base = AIR_PASSENGERS_1949_1960[(i % 6) * 12 : (i % 6) * 12 + HISTORY]
+    return [round(v * (0.5 + (i % 97) / 50) + i % 13, 2) for v in base]
+
+
+def store_series(base: str) -> list[str]:
+    ids = [f"bench-{i:04d}" for i in range(N_STORED)]
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for i, sid in enumerate(ids):
+            client.put(f"/series/{sid}", json={"frequency": "MS"}).raise_for_status()
+            body = "ts,value\n" + "".join(
+                f"{1949 + m // 12}-{m % 12 + 1:02d}-01,{v}\n"
+                for m, v in enumerate(stored_history(i))
+            )
+            client.post(
+                f"/series/{sid}/observations", content=body, headers={"content-type": "text/csv"}
+            ).raise_for_status()
+    return ids
+
+
+def mlflow_model(bundle: Path, work: Path) -> Path:
+    """The bundle's model.onnx as an MLflow model folder, on the CPU provider, one thread."""
+    import mlflow.onnx
+    import onnx
+
+    path = work / "mlflow_model"
+    mlflow.onnx.save_model(
+        onnx.load(str(bundle / "model.onnx")),
+        str(path),
+        onnx_execution_providers=["CPUExecutionProvider"],
+        onnx_session_options={"intra_op_num_threads": 1, "inter_op_num_threads": 1},
+    )
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--model", default="air_passengers", help="a bundle under models/")
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/serving.py needs wrk: apt-get install wrk")
+
+    bundle = REPO / "models" / args.model
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    size, horizon = manifest["input_size"], manifest["horizon"]
+    history = AIR_PASSENGERS_1949_1960
+    inline = {
+        "series": [{"id": "air", "history": history, "start": "1949-01-01", "freq": "MS"}],
+        "horizon": horizon,
+    }
+    window = [float(v) for v in history[-size:]]
+    tensor: dict[str, object] = {"y": [window]}  # mlflow's tensor input: the same one window
+    if manifest["covariates"]:
+        tensor["season_position"] = [0.0]  # January 1961 follows December 1960
+    mlflow_body = json.dumps({"inputs": tensor})
+
+    rows: list[tuple[str, int, Result]] = []
+    memory: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, fresh_database("postgresql", Path(tmp)) as url:
+        work = Path(tmp)
+        shutil.copytree(bundle, work / "models" / args.model)
+        env = {
+            "DATABASE_URL": url,
+            "FORECAST_MODELS_DIR": str(work / "models"),
+            "FORECAST_LOG_LEVEL": os.environ.get("FORECAST_LOG_LEVEL", "INFO"),
+        }
+        subprocess.run(
+            [sys.executable, "-m", "service", "migrate"],
+            env={**os.environ, **env},
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+        api, base = start_api_process(env, REPO)
+        try:
+            print(f"storing {N_STORED} series ...", file=sys.stderr)
+            ids = store_series(base)
+            rng = random.Random(7)
+            cases = {
+                "one inline series": [json.dumps(inline)],
+                "one stored series by id": [
+                    json.dumps({"series": [{"id": sid}], "horizon": horizon}) for sid in ids
+                ],
+                "100 stored series": [
+                    json.dumps(
+                        {"series": [{"id": s} for s in rng.sample(ids, 100)], "horizon": horizon}
+                    )
+                    for _ in range(20)
+                ],
+                "1,000 stored series": [
+                    json.dumps({"series": [{"id": s} for s in ids], "horizon": horizon})
+                ],
+            }
+            for bodies in cases.values():  # every path warmed up, and every body answers 200
+                httpx.post(
+                    f"{base}/forecast",
+                    content=bodies[0].encode(),
+                    headers={"content-type": "application/json"},
+                    timeout=60,
+                ).raise_for_status()
+            memory["after warm-up"] = rss_mb(api.pid)
+            for name, bodies in cases.items():
+                for c in args.connections:
+                    print(f"api: {name}, {c} connections ...", file=sys.stderr)
+                    rows.append(
+                        (f"api: {name}", c, wrk(f"{base}/forecast", bodies, c, args.duration, work))
+                    )
+            memory["after the run"] = rss_mb(api.pid)
+        finally:
+            api.terminate()
+            api.wait(timeout=30)
+
+        port = free_port()
+        floor = [sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "bench"), "floor_app:app"]
+        floor += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+        with process(floor, f"http://127.0.0.1:{port}/docs", work / "floor.log", {}):
+            for c in args.connections:
+                print(f"floor: {c} connections ...", file=sys.stderr)
+                result = wrk(
+                    f"http://127.0.0.1:{port}/forecast",
+                    cases["one inline series"],
+                    c,
+                    args.duration,
+                    work,
+                )
+                rows.append(("floor: no-op FastAPI endpoint, same body", c, result))
+
+        port = free_port()
+        mlflow = [sys.executable, "-m", "mlflow", "models", "serve", "-m"]
+        mlflow += [str(mlflow_model(bundle, work)), "--env-manager", "local"]
+        mlflow += ["--port", str(port), "--host", "127.0.0.1", "--workers", "1"]
+        # mlflow execs `uvicorn` by name: the interpreter's bin folder goes first on PATH.
+        path = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        with process(mlflow, f"http://127.0.0.1:{port}/ping", work / "mlflow.log", path):
+            httpx.post(
+                f"http://127.0.0.1:{port}/invocations",
+                content=mlflow_body.encode(),
+                headers={"content-type": "application/json"},
+            ).raise_for_status()
+            for c in args.connections:
+                print(f"mlflow: {c} connections ...", file=sys.stderr)
+                result = wrk(
+                    f"http://127.0.0.1:{port}/invocations", [mlflow_body], c, args.duration, work
+                )
+                rows.append(("mlflow models serve: the same window", c, result))
+
+    report(rows, memory, args, manifest)
+
+
+def report(
+    rows: list[tuple[str, int, Result]],
+    memory: dict[str, float],
+    args: argparse.Namespace,
+    manifest: dict[str, object],
+) -> None:
+    by = {(name, c): r for name, c, r in rows}
+    top = max(args.connections)
+    floor = by[("floor: no-op FastAPI endpoint, same body", top)]
+    mlflow = by[("mlflow models serve: the same window", top)]
+    inline = by[("api: one inline series", top)]
+    stored = by[("api: one stored series by id", top)]
+    batch = by[("api: 1,000 stored series", min(args.connections))]
+    lines = [
+        f"# Serving benchmark, {datetime.now(UTC):%Y-%m-%d}",
+        "",
+        f"{run_facts()} wrk (1 thread) on loopback, {args.duration:g} s per run; one uvicorn "
+        f"worker per server. Model: `{args.model}` version {manifest['version']} "
+        f"(input_size {manifest['input_size']}, horizon {manifest['horizon']}); the api on "
+        f"PostgreSQL with {N_STORED} stored series of {HISTORY} monthly values.",
+        "",
+        "| case | connections | requests/s | p50 ms | p99 ms | requests | failed | vs floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c, r in rows:
+        share = r.rps / by[("floor: no-op FastAPI endpoint, same body", c)].rps
+        lines.append(
+            f"| {name} | {c} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.requests:,} "
+            f"| {r.failed} | {share:.0%} |"
+        )
+    failed = sum(r.failed for _, _, r in rows)
+    targets = [
+        (f"one inline series, {top} connections: >= 50% of the floor's requests/s",
+         f"{inline.rps / floor.rps:.0%}", inline.rps >= 0.5 * floor.rps),
+        (f"one inline series, {top} connections: p99 <= 15 ms",
+         f"{inline.p99_ms:.2f} ms", inline.p99_ms <= 15),
+        (f"one stored series by id, {top} connections: >= 35% of the floor",
+         f"{stored.rps / floor.rps:.0%}", stored.rps >= 0.35 * floor.rps),
+        (f"1,000 stored series, {min(args.connections)} connection: p99 <= 100 ms",
+         f"{batch.p99_ms:.1f} ms (p50 {batch.p50_ms:.1f})", batch.p99_ms <= 100),
+        (f"one inline series, {top} connections: >= 5x MLflow serving",
+         f"{inline.rps / mlflow.rps:.1f}x", inline.rps >= 5 * mlflow.rps),
+        ("api resident memory after warm-up <= 300 MB",
+         f"{memory['after warm-up']:.0f} MB ({memory['after the run']:.0f} MB after the run)",
+         memory["after warm-up"] <= 300),
+        ("no failed requests", str(failed), failed == 0),
+    ]  # fmt: skip
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in targets]
+    lines += [
+        "",
+        f"Key ratios ({top} connections): inline {inline.rps / floor.rps:.0%} of the floor, "
+        f"stored {stored.rps / floor.rps:.0%} of the floor, inline "
+        f"{inline.rps / mlflow.rps:.1f}x MLflow serving; 1,000-series batch p99 "
+        f"{batch.p99_ms:.0f} ms; RSS {memory['after warm-up']:.0f} MB; targets met "
+        f"{sum(ok for *_, ok in targets)}/{len(targets)}",
+    ]
+    emit(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Adaptive micro-batching: concurrent requests for one model share one onnxruntime call.
+
+A single-series LSTM inference costs about as much as the HTTP request around it, and a batch
+of 16 costs about five times one, not sixteen. So requests do not call the session themselves:
+they queue their rows and await them. While a batch runs in the inference thread, newly
+arrived rows wait; when it ends they all go together. An idle model runs a lone request at
+once (no waiting window to tune), and a busy one batches as much as arrived meanwhile: the
+policy of Triton's dynamic batcher with a zero queue delay, and of BentoML's adaptive batching.
+
+Inference runs in its own thread pool, never on the event loop, so the loop keeps parsing and
+answering requests while the model works (onnxruntime releases the GIL). A batch holds at most
+``max_rows`` series; a request of more is not queued but split over the inference threads,
+which run its parts side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.inference import Forecaster
+
+# Called after every session run with (model name, rows, seconds): the metrics hook.
+RunObserver = Callable[[str, int, float], None]
+
+
+@dataclass
+class _Pending:
+    windows: np.ndarray  # (n, L) float32
+    positions: np.ndarray  # (n,) float32
+    future: asyncio.Future[np.ndarray]
+
+
+@dataclass
+class _ModelQueue:
+    pending: deque[_Pending] = field(default_factory=deque)
+    draining: bool = False
+    task: asyncio.Task[None] | None = None  # the drain running now (a reference keeps it alive)
+
+
+class Batcher:
+    """One queue per loaded model; ``predict`` is called from the event loop."""
+
+    def __init__(self, threads: int, max_rows: int, observe: RunObserver | None = None) -> None:
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
+        self.max_rows = max_rows
+        self.observe = observe
+        # Keyed by the Forecaster object: a swapped-out model's queue goes with it.
+        self.queues: weakref.WeakKeyDictionary[Forecaster, _ModelQueue] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def predict(
+        self, forecaster: Forecaster, windows: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray:
+        """(B, L) windows and (B,) calendar positions -> (B, H, Q) forecasts."""
+        loop = asyncio.get_running_loop()
+        if len(windows) > self.max_rows:
+            # A large request is not queued: its parts run side by side, one per inference
+            # thread, so it is answered in a fraction of one thread's time.
+            parts = np.array_split(np.arange(len(windows)), self.threads)
+            outputs = await asyncio.gather(
+                *(
+                    loop.run_in_executor(
+                        self.executor, self._run, forecaster, windows[rows], positions[rows]
+                    )
+                    for rows in parts
+                )
+            )
+            return np.concatenate(outputs)
+        queue = self.queues.get(forecaster)
+        if queue is None:
+            queue = self.queues[forecaster] = _ModelQueue()
+        pending = _Pending(windows, positions, loop.create_future())
+        queue.pending.append(pending)
+        if not queue.draining:
+            queue.draining = True
+            queue.task = loop.create_task(self._drain(forecaster, queue))
+        return await pending.future
+
+    async def _drain(self, forecaster: Forecaster, queue: _ModelQueue) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while queue.pending:
+                batch = [queue.pending.popleft()]
+                rows = len(batch[0].windows)
+                while queue.pending and rows + len(queue.pending[0].windows) <= self.max_rows:
+                    rows += len(queue.pending[0].windows)
+                    batch.append(queue.pending.popleft())
+                batch = [p for p in batch if not p.future.done()]  # its client went away
+                if not batch:
+                    continue
+                windows = np.concatenate([p.windows for p in batch])
+                positions = np.concatenate([p.positions for p in batch])
+                try:
+                    output = await loop.run_in_executor(
+                        self.executor, self._run, forecaster, windows, positions
+                    )
+                except Exception as exc:  # every request of the batch gets the error
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    continue
+                start = 0
+                for p in batch:
+                    end = start + len(p.windows)
+                    if not p.future.done():
+                        p.future.set_result(output[start:end])
+                    start = end
+        finally:
+            queue.draining = False
+
+    def _run(
+        self, forecaster: Forecaster, windows: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray:
+        started = time.perf_counter()
+        output = forecaster.predict(windows, positions)
+        if self.observe is not None:
+            self.observe(forecaster.manifest.name, len(windows), time.perf_counter() - started)
+        return output
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)

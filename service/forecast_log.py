@@ -1,0 +1,87 @@
+"""The forecast log, written in batches off the request path.
+
+Every forecast served for a stored series is recorded (``forecasts`` table) so its accuracy
+can be scored once the actuals arrive. One INSERT and commit per request would put a WAL
+flush on every forecast's path; instead the rows collect in memory and a background task
+writes them every ``flush_s`` in one transaction. The log is the service's own record, not
+data a client handed over: a crash (kill -9) loses at most the last ``flush_s`` of records;
+a graceful stop writes them all. While the database is down the rows wait, up to
+``max_pending``; beyond that the oldest are dropped, logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import repository
+
+logger = logging.getLogger(__name__)
+
+
+class ForecastRecorder:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        flush_s: float,
+        max_pending: int,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.flush_s = flush_s
+        self.max_pending = max_pending
+        self.on_drop = on_drop
+        self.rows: deque[dict[str, object]] = deque()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, rows: list[dict[str, object]]) -> None:
+        self.rows.extend(rows)
+        excess = len(self.rows) - self.max_pending
+        if excess > 0:
+            for _ in range(excess):
+                self.rows.popleft()
+            logger.error(
+                "dropped the %d oldest forecast log rows: %d are waiting for the database "
+                "(FORECAST_FORECAST_LOG_MAX_PENDING)",
+                excess,
+                self.max_pending,
+            )
+            if self.on_drop is not None:
+                self.on_drop(excess)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the timer and write what is left (the api is shutting down)."""
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.rows:
+            return
+        rows = list(self.rows)
+        self.rows.clear()
+        try:
+            await asyncio.to_thread(self._write, rows)
+        except Exception as exc:  # the database is down: keep them for the next flush
+            logger.warning("could not write %d forecast log rows, will retry: %s", len(rows), exc)
+            self.rows.extendleft(reversed(rows))
+            self.add([])  # enforce max_pending
+
+    def _write(self, rows: list[dict[str, object]]) -> None:
+        with self.sessions() as session:
+            repository.record_forecasts(session, rows=rows)
