@@ -6,7 +6,7 @@ PIP := $(PY) -m pip install --quiet --constraint constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint fit accuracy clean
+.PHONY: serve test lint fit accuracy bench-serving clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,15 +28,21 @@ serve: $(VENV)/.serve-installed
 	$(PY) -m service migrate
 	$(PY) -m service serve --host $(HOST) --port $(PORT)
 
-# The deployment tests validate docker-compose.yml with Debian's docker-compose (it needs no
-# Docker engine for that); as root, make installs it when missing.
+# Two tools from Debian's packages: the deployment tests validate docker-compose.yml with
+# docker-compose (it needs no Docker engine for that), and the serving benchmark's smoke test
+# drives the servers with wrk. As root, make installs them when missing.
+DEBIAN_TOOLS := docker-compose wrk
+
 test: $(VENV)/.dev-installed
-	@command -v docker-compose >/dev/null 2>&1 || { \
+	@missing=""; for tool in $(DEBIAN_TOOLS); do \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null 2>&1; \
+			apt-get update -qq && apt-get install -y -qq $$missing >/dev/null 2>&1; \
 		else \
-			echo "make test needs docker-compose: sudo apt-get install docker-compose" >&2; exit 1; \
-		fi; }
+			echo "make test needs:$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
+		fi; \
+	fi
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev-installed
@@ -60,6 +66,11 @@ accuracy: $(VENV)/.bench-installed
 		--out bench/results/accuracy-m3-monthly-$$(date +%F).md
 	$(PY) -m bench.accuracy --dataset m3-quarterly --bundle-out models/m3_quarterly \
 		--out bench/results/accuracy-m3-quarterly-$$(date +%F).md
+
+# The serving table (README: "Serving speed"): the api against the HTTP floor and MLflow
+# serving, 10 s per run; needs wrk (apt-get install wrk) and PostgreSQL.
+bench-serving: $(VENV)/.dev-installed
+	$(PY) bench/serving.py --out bench/results/serving-$$(date +%F).md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -1,7 +1,7 @@
 """Serving benchmark: the api against the HTTP floor and MLflow serving, in one run.
 
 Starts three servers on loopback, each one uvicorn worker: the api (``python -m service
-serve``, on a fresh PostgreSQL database holding 1,000 stored monthly series), a no-op FastAPI
+serve``, on a fresh PostgreSQL database holding ``--series`` stored monthly series), a no-op FastAPI
 endpoint that accepts the same JSON body (the floor: ``bench/floor_app.py``), and ``mlflow
 models serve`` of the same ONNX model (the peer a user would pick instead). wrk drives each
 for ``--duration`` seconds per case at 1 and 16 connections and reports requests/s and p50/p99
@@ -38,7 +38,6 @@ from bench.report import emit, run_facts  # noqa: E402
 from service.schemas import AIR_PASSENGERS_1949_1960  # noqa: E402
 from tests.conftest import free_port, fresh_database, start_api_process  # noqa: E402
 
-N_STORED = 1000
 HISTORY = 72  # monthly observations per stored series (six years)
 
 # With several bodies wrk calls request() for every request and sends one at random (so the
@@ -152,8 +151,8 @@ def stored_history(i: int) -> list[float]:
     return [round(v * (0.5 + (i % 97) / 50) + i % 13, 2) for v in base]
 
 
-def store_series(base: str) -> list[str]:
-    ids = [f"bench-{i:04d}" for i in range(N_STORED)]
+def store_series(base: str, n: int) -> list[str]:
+    ids = [f"bench-{i:04d}" for i in range(n)]
     with httpx.Client(base_url=base, timeout=60) as client:
         for i, sid in enumerate(ids):
             client.put(f"/series/{sid}", json={"frequency": "MS"}).raise_for_status()
@@ -187,6 +186,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     parser.add_argument("--model", default="air_passengers", help="a bundle under models/")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--series", type=int, default=1000, help="stored series (the batch size)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -225,21 +225,22 @@ def main() -> None:
         )
         api, base = start_api_process(env, REPO)
         try:
-            print(f"storing {N_STORED} series ...", file=sys.stderr)
-            ids = store_series(base)
+            print(f"storing {args.series} series ...", file=sys.stderr)
+            ids = store_series(base, args.series)
+            few = min(100, args.series)
             rng = random.Random(7)
             cases = {
                 "one inline series": [json.dumps(inline)],
                 "one stored series by id": [
                     json.dumps({"series": [{"id": sid}], "horizon": horizon}) for sid in ids
                 ],
-                "100 stored series": [
+                f"{few:,} stored series": [
                     json.dumps(
-                        {"series": [{"id": s} for s in rng.sample(ids, 100)], "horizon": horizon}
+                        {"series": [{"id": s} for s in rng.sample(ids, few)], "horizon": horizon}
                     )
                     for _ in range(20)
                 ],
-                "1,000 stored series": [
+                f"{args.series:,} stored series": [
                     json.dumps({"series": [{"id": s} for s in ids], "horizon": horizon})
                 ],
             }
@@ -311,14 +312,14 @@ def report(
     mlflow = by[("mlflow models serve: the same window", top)]
     inline = by[("api: one inline series", top)]
     stored = by[("api: one stored series by id", top)]
-    batch = by[("api: 1,000 stored series", min(args.connections))]
+    batch = by[(f"api: {args.series:,} stored series", min(args.connections))]
     lines = [
         f"# Serving benchmark, {datetime.now(UTC):%Y-%m-%d}",
         "",
         f"{run_facts()} wrk (1 thread) on loopback, {args.duration:g} s per run; one uvicorn "
         f"worker per server. Model: `{args.model}` version {manifest['version']} "
         f"(input_size {manifest['input_size']}, horizon {manifest['horizon']}); the api on "
-        f"PostgreSQL with {N_STORED} stored series of {HISTORY} monthly values.",
+        f"PostgreSQL with {args.series:,} stored series of {HISTORY} monthly values.",
         "",
         "| case | connections | requests/s | p50 ms | p99 ms | requests | failed | vs floor |",
         "|---|---|---|---|---|---|---|---|",
@@ -337,7 +338,7 @@ def report(
          f"{inline.p99_ms:.2f} ms", inline.p99_ms <= 15),
         (f"one stored series by id, {top} connections: >= 35% of the floor",
          f"{stored.rps / floor.rps:.0%}", stored.rps >= 0.35 * floor.rps),
-        (f"1,000 stored series, {min(args.connections)} connection: p99 <= 100 ms",
+        (f"{args.series:,} stored series, {min(args.connections)} connection: p99 <= 100 ms",
          f"{batch.p99_ms:.1f} ms (p50 {batch.p50_ms:.1f})", batch.p99_ms <= 100),
         (f"one inline series, {top} connections: >= 5x MLflow serving",
          f"{inline.rps / mlflow.rps:.1f}x", inline.rps >= 5 * mlflow.rps),
@@ -352,7 +353,7 @@ def report(
         "",
         f"Key ratios ({top} connections): inline {inline.rps / floor.rps:.0%} of the floor, "
         f"stored {stored.rps / floor.rps:.0%} of the floor, inline "
-        f"{inline.rps / mlflow.rps:.1f}x MLflow serving; 1,000-series batch p99 "
+        f"{inline.rps / mlflow.rps:.1f}x MLflow serving; {args.series:,}-series batch p99 "
         f"{batch.p99_ms:.0f} ms; RSS {memory['after warm-up']:.0f} MB; targets met "
         f"{sum(ok for *_, ok in targets)}/{len(targets)}",
     ]

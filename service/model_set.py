@@ -23,8 +23,11 @@ class ModelSet:
     models: dict[str, Forecaster]
     defaults: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
-    # for_frequency's answers (the set never changes: a swap builds a new one).
-    _routes: dict[str, Forecaster] = field(default_factory=dict, repr=False, compare=False)
+    # for_frequency's answers (the set never changes: a swap builds a new one, and
+    # dataclasses.replace leaves this out, init=False, so it starts empty there too).
+    _routes: dict[str, Forecaster] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def served_frequencies(self) -> list[str]:

@@ -125,6 +125,7 @@ class ChangeListener:
             user=url.username or "",
             password=url.password or "",
             connect_timeout=5,
+            application_name="forecast-series-listener",  # how ops tell it in pg_stat_activity
         )
         self.cache = cache
         self.stopping = threading.Event()

@@ -263,8 +263,7 @@ def record_forecasts(session: Session, *, rows: list[dict[str, object]]) -> int:
     kept = [
         row
         for row in rows
-        if row["series_id"] in created
-        and created[str(row["series_id"])] <= row["issued_at"]  # type: ignore[operator]
+        if row["series_id"] in created and created[str(row["series_id"])] <= row["issued_at"]  # type: ignore[operator]
     ]
     if kept and session.get_bind().dialect.name == "postgresql":
         _copy_forecasts_postgresql(session, kept)

@@ -53,6 +53,18 @@ def register_state_gauges(app: FastAPI, metrics: Metrics) -> None:
         )
         pending.add_metric([], len(app.state.serving.recorder.rows))
         yield pending
+        cache = app.state.serving.windows
+        if cache is not None:
+            listening = gauge(
+                "forecast_series_cache_listening",
+                "1 while the stored-window cache serves (its change listener is connected).",
+                [],
+            )
+            listening.add_metric([], 1 if cache.enabled else 0)
+            yield listening
+            entries = gauge("forecast_series_cache_entries", "Stored windows cached.", [])
+            entries.add_metric([], len(cache))
+            yield entries
         database_up = gauge(
             "forecast_database_up", "1 if the scrape could read the database, else 0.", []
         )

@@ -1,0 +1,108 @@
+"""Micro-batching: concurrent requests share session calls and each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.batching import Batcher
+from service.config import Settings
+from service.forecasting import infer, plan_request
+from service.inference import load_forecaster
+from service.model_set import load_model_set
+from service.schemas import ForecastRequest
+from tests.conftest import AIR_BUNDLE, MODELS
+from tests.service.test_observability import scrape, value
+
+
+def variants(air_history: list[float], n: int) -> list[dict[str, object]]:
+    """n different inline series: AirPassengers scaled, shifted and cut differently."""
+    return [
+        {
+            "id": f"s{i}",
+            "history": [round(v * (0.5 + i / 17) + i, 3) for v in air_history[: 120 + i % 24]],
+            "start": "1949-01-01",
+            "freq": "MS",
+        }
+        for i in range(n)
+    ]
+
+
+def batches_over_one(client) -> float:
+    samples = scrape(client)
+    total = value(samples, "forecast_inference_batch_size_count", model="air_passengers")
+    single = value(
+        samples, "forecast_inference_batch_size_bucket", model="air_passengers", le="1.0"
+    )
+    return total - single
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_forecasts(client, air_history):
+    series = variants(air_history, 48)
+    bodies = [{"series": [s], "horizon": 12, "quantiles": [0.1, 0.9]} for s in series]
+    # One at a time, each request is a batch of one: the reference answers.
+    alone = [client.post("/forecast", json=body).json()["forecasts"][0] for body in bodies]
+    batched_before = batches_over_one(client)
+    for _ in range(3):  # concurrency on a loaded 2-core machine: a few rounds to see batches
+        with ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(lambda b: client.post("/forecast", json=b), bodies))
+        assert [r.status_code for r in together] == [200] * len(bodies)
+        for reference, response in zip(alone, together, strict=True):
+            got = response.json()["forecasts"][0]
+            assert got["id"] == reference["id"] and got["timestamps"] == reference["timestamps"]
+            np.testing.assert_allclose(got["values"], reference["values"], rtol=1e-5)
+            for q in ("0.1", "0.9"):
+                np.testing.assert_allclose(
+                    got["quantiles"][q], reference["quantiles"][q], rtol=1e-5
+                )
+    assert batches_over_one(client) > batched_before, "no session call served two requests"
+
+
+def test_a_large_request_is_split_over_the_threads_and_matches_one_session_call(
+    client, air_history
+):
+    settings = Settings()
+    series = variants(air_history, 3 * settings.batch_max_rows)  # more than one batch
+    request = {"series": series, "horizon": 12, "level": [80], "model": "air_passengers"}
+    served = client.post("/forecast", json=request)
+    assert served.status_code == 200
+    models = load_model_set(MODELS, "cpu", 1, {"MS": "air_passengers"})
+    parsed = ForecastRequest.model_validate(request)
+    expected = infer(plan_request(parsed, models, settings), parsed)  # one session call
+    got = served.json()["forecasts"]
+    assert [f["id"] for f in got] == [s["id"] for s in series]
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_allclose(have["values"], want.values, rtol=1e-5)
+        np.testing.assert_allclose(have["quantiles"]["0.1"], want.quantiles["0.1"], rtol=1e-5)
+
+
+def test_a_failed_session_call_fails_its_requests_and_the_queue_goes_on():
+    forecaster = load_forecaster(str(AIR_BUNDLE), "cpu", 1)
+    size = forecaster.manifest.input_size
+    good = np.linspace(100, 200, size, dtype=np.float32)[None, :]
+    wrong = np.ones((1, size - 1), dtype=np.float32)  # onnxruntime refuses the shape
+
+    async def run() -> None:
+        batcher = Batcher(threads=2, max_rows=8)
+        try:
+            with pytest.raises(Exception, match=r"(?i)invalid|dimension|shape"):
+                await batcher.predict(forecaster, wrong, np.zeros(1, np.float32))
+            outputs = await asyncio.gather(
+                *(batcher.predict(forecaster, good * k, np.zeros(1, np.float32)) for k in (1, 2, 3))
+            )
+            direct = forecaster.predict(good, np.zeros(1, np.float32))
+            np.testing.assert_allclose(outputs[0], direct, rtol=1e-6)
+            assert all(o.shape == direct.shape for o in outputs)
+            # Large requests bypass the queue, split over the threads, in order.
+            many = np.concatenate([good * (1 + i / 100) for i in range(20)])
+            split = await batcher.predict(forecaster, many, np.zeros(20, np.float32))
+            np.testing.assert_allclose(
+                split, forecaster.predict(many, np.zeros(20, np.float32)), rtol=1e-6
+            )
+        finally:
+            batcher.close()
+
+    asyncio.run(run())
