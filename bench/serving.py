@@ -166,6 +166,53 @@ def store_series(base: str, n: int) -> list[str]:
     return ids
 
 
+def member_bundle(ensemble: Path, input_size: int, out: Path) -> Path:
+    """One member of an ensemble bundle as a bundle of its own: the model the targets of
+    issue 7 were set with (a 2-layer, 64-unit LSTM reading 60 steps) is one member of the
+    shipped M3 monthly ensemble. Exported from the ensemble's checkpoint, checked against
+    torch, and given the ensemble's manifest with this member's graph, shapes and sums."""
+    import hashlib
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from service.bundle import BundleManifest, write_bundle
+    from training.export import export_onnx
+    from training.model import Checkpoint
+
+    checkpoint = Checkpoint.load(str(ensemble / "checkpoint.pt"))
+    index = next(i for i, c in enumerate(checkpoint.configs) if c.input_size == input_size)
+    single = Checkpoint([checkpoint.configs[index]], [checkpoint.state_dicts[index]])
+    model = single.build()
+    model_bytes = export_onnx(model)
+    windows = (np.random.default_rng(0).random((64, input_size)) * 900 + 100).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(windows)).numpy()
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"y": windows})
+    if not np.allclose(got, expected, rtol=1e-4, atol=1e-3):
+        raise RuntimeError(f"onnxruntime and torch differ by {np.abs(got - expected).max()}")
+    checkpoint_path = out.parent / f".{out.name}.pt"
+    single.save(str(checkpoint_path))
+    checkpoint_bytes = checkpoint_path.read_bytes()
+    checkpoint_path.unlink()
+    manifest = json.loads((ensemble / "manifest.json").read_text())
+    manifest.update(
+        name=f"{manifest['name']}_member_{input_size}",
+        input_size=input_size,
+        inputs=[{"name": "y", "shape": ["batch", input_size], "dtype": "float32"}],
+        architecture=model.describe(),
+        onnx_sha256=hashlib.sha256(model_bytes).hexdigest(),
+        checkpoint_sha256=hashlib.sha256(checkpoint_bytes).hexdigest(),
+        metrics={},  # the ensemble's holdout figures are not this member's
+    )
+    bundle = write_bundle(
+        out, model_bytes, BundleManifest.model_validate(manifest), checkpoint_bytes
+    )
+    return bundle.path
+
+
 def mlflow_model(bundle: Path, work: Path) -> Path:
     """The bundle's model.onnx as an MLflow model folder, on the CPU provider, one thread."""
     import mlflow.onnx
@@ -184,7 +231,12 @@ def mlflow_model(bundle: Path, work: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    parser.add_argument("--model", default="air_passengers", help="a bundle under models/")
+    parser.add_argument(
+        "--model",
+        default="m3_monthly:60",
+        help="a bundle under models/, or NAME:L for the member of ensemble NAME that reads L "
+        "steps (default: the 2-layer, 64-unit, 60-step member of m3_monthly)",
+    )
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--series", type=int, default=1000, help="stored series (the batch size)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
@@ -192,7 +244,21 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench/serving.py needs wrk: apt-get install wrk")
 
-    bundle = REPO / "models" / args.model
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as built:
+        if ":" in args.model:
+            name, length = args.model.split(":")
+            print(f"exporting the {length}-step member of {name} ...", file=sys.stderr)
+            bundle = member_bundle(REPO / "models" / name, int(length), Path(built) / "member")
+        else:
+            bundle = REPO / "models" / args.model
+        rows, memory, manifest = measure(args, bundle)
+    report(rows, memory, args, manifest)
+
+
+def measure(
+    args: argparse.Namespace, bundle: Path
+) -> tuple[list[tuple[str, int, Result]], dict[str, float], dict[str, object]]:
+    """Every wrk run of the table, and the api's resident memory."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     size, horizon = manifest["input_size"], manifest["horizon"]
     history = AIR_PASSENGERS_1949_1960
@@ -210,7 +276,7 @@ def main() -> None:
     memory: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, fresh_database("postgresql", Path(tmp)) as url:
         work = Path(tmp)
-        shutil.copytree(bundle, work / "models" / args.model)
+        shutil.copytree(bundle, work / "models" / manifest["name"])
         env = {
             "DATABASE_URL": url,
             "FORECAST_MODELS_DIR": str(work / "models"),
@@ -297,7 +363,7 @@ def main() -> None:
                 )
                 rows.append(("mlflow models serve: the same window", c, result))
 
-    report(rows, memory, args, manifest)
+    return rows, memory, manifest
 
 
 def report(
@@ -317,7 +383,7 @@ def report(
         f"# Serving benchmark, {datetime.now(UTC):%Y-%m-%d}",
         "",
         f"{run_facts()} wrk (1 thread) on loopback, {args.duration:g} s per run; one uvicorn "
-        f"worker per server. Model: `{args.model}` version {manifest['version']} "
+        f"worker per server. Model: `{manifest['name']}` version {manifest['version']} "
         f"(input_size {manifest['input_size']}, horizon {manifest['horizon']}); the api on "
         f"PostgreSQL with {args.series:,} stored series of {HISTORY} monthly values.",
         "",

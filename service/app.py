@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -66,9 +68,34 @@ def add_body_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def tune_process() -> None:
+    """Two process-wide settings the serving benchmark called for.
+
+    - The GIL switch interval, 5 ms by default, is how long a thread doing Python work (the
+      forecast log's writer, planning a large request) may keep the event loop waiting. At
+      0.5 ms, a 1,000-series request's p99 went from about 115 to 80 ms, with no loss of
+      single-series throughput.
+    - glibc raises its mmap threshold after a large block is freed, so later large blocks
+      (a 1,000-series answer's buffers) come from the heap and stay in the process once
+      freed: +110 MB of resident memory after one such request, for good. Setting the trim
+      threshold turns that adjustment off (Linux with glibc; elsewhere nothing changes).
+    """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold = -1
+    libc.mallopt(m_trim_threshold, 1024 * 1024)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
+    tune_process()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -34,6 +34,11 @@ def choose_providers(requested: Provider) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
+ARENA_SHRINK_ROWS = 64
+_SHRINK_ARENA = ort.RunOptions()
+_SHRINK_ARENA.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: the batcher's key
 class Forecaster:
     """One loaded bundle: its manifest and an onnxruntime session.
@@ -66,7 +71,11 @@ class Forecaster:
             if positions is None:
                 raise ValueError(f"model {self.manifest.name!r} reads {self.manifest.covariates}")
             feed[covariate_specs[0].name] = positions.astype(np.float32, copy=False)
-        (output,) = self.session.run([self.manifest.outputs[0].name], feed)
+        # Small batches reuse onnxruntime's memory arena (11% of throughput without it); a
+        # large one gives what it grew back afterwards, instead of keeping its high-water mark
+        # for the process's life (+110 MB after one 1,000-series batch of a 60-step model).
+        options = _SHRINK_ARENA if len(windows) > ARENA_SHRINK_ROWS else None
+        (output,) = self.session.run([self.manifest.outputs[0].name], feed, options)
         return np.asarray(output)
 
 
