@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         if listener is not None:
-            listener.stop()
+            await asyncio.to_thread(listener.stop)
         await recorder.stop()  # requests have finished: write the rest of the forecast log
         batcher.close()
         engine.dispose()

@@ -8,9 +8,9 @@ once (no waiting window to tune), and a busy one batches as much as arrived mean
 policy of Triton's dynamic batcher with a zero queue delay, and of BentoML's adaptive batching.
 
 Inference runs in its own thread pool, never on the event loop, so the loop keeps parsing and
-answering requests while the model works (onnxruntime releases the GIL). A batch holds at most
-``max_rows`` series; a request of more is not queued but split over the inference threads,
-which run its parts side by side.
+answering requests while the model works (onnxruntime releases the GIL). Requests are
+batched up to ``max_rows`` series; a request of more is not queued but split into one part
+per inference thread, and the parts run side by side.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Batcher:
         if len(windows) > self.max_rows:
             # A large request is not queued: its parts run side by side, one per inference
             # thread, so it is answered in a fraction of one thread's time.
-            parts = np.array_split(np.arange(len(windows)), self.threads)
+            parts = np.array_split(np.arange(len(windows)), min(self.threads, len(windows)))
             outputs = await asyncio.gather(
                 *(
                     loop.run_in_executor(
@@ -98,9 +98,9 @@ class Batcher:
                 batch = [p for p in batch if not p.future.done()]  # its client went away
                 if not batch:
                     continue
-                windows = np.concatenate([p.windows for p in batch])
-                positions = np.concatenate([p.positions for p in batch])
                 try:
+                    windows = np.concatenate([p.windows for p in batch])
+                    positions = np.concatenate([p.positions for p in batch])
                     output = await loop.run_in_executor(
                         self.executor, self._run, forecaster, windows, positions
                     )

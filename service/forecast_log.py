@@ -17,6 +17,8 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import repository
@@ -25,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 
 class ForecastRecorder:
+    CHUNK_ROWS = 5000  # rows per transaction (and series ids per query, well under 65,535)
+
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -38,6 +42,7 @@ class ForecastRecorder:
         self.on_drop = on_drop
         self.rows: deque[dict[str, object]] = deque()
         self.task: asyncio.Task[None] | None = None
+        self.stopping = asyncio.Event()
 
     def add(self, rows: list[dict[str, object]]) -> None:
         self.rows.extend(rows)
@@ -55,32 +60,49 @@ class ForecastRecorder:
                 self.on_drop(excess)
 
     def start(self) -> None:
+        self.stopping = asyncio.Event()
         self.task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop the timer and write what is left (the api is shutting down)."""
+        """Write what is left (the api is shutting down). The timer is stopped between
+        flushes, never during one, so no write is abandoned half way."""
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            self.stopping.set()
+            await self.task
         await self.flush()
+        if self.rows:
+            logger.error(
+                "%d forecast log rows were not written before shutdown: the database did not "
+                "take them",
+                len(self.rows),
+            )
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.flush_s)
             await self.flush()
 
     async def flush(self) -> None:
-        if not self.rows:
-            return
-        rows = list(self.rows)
-        self.rows.clear()
-        try:
-            await asyncio.to_thread(self._write, rows)
-        except Exception as exc:  # the database is down: keep them for the next flush
-            logger.warning("could not write %d forecast log rows, will retry: %s", len(rows), exc)
-            self.rows.extendleft(reversed(rows))
-            self.add([])  # enforce max_pending
+        """Write the waiting rows in chunks, one transaction each. A chunk the database can't
+        take now (connection lost, server down) waits for the next flush; one it refuses
+        outright (a bug, bad data) is dropped, logged and counted, so it can't block the rest
+        for ever."""
+        while self.rows:
+            chunk = [self.rows.popleft() for _ in range(min(self.CHUNK_ROWS, len(self.rows)))]
+            try:
+                await asyncio.to_thread(self._write, chunk)
+            except (OperationalError, InterfaceError, PoolTimeout) as exc:
+                logger.warning(
+                    "could not write %d forecast log rows, will retry: %s", len(chunk), exc
+                )
+                self.rows.extendleft(reversed(chunk))
+                self.add([])  # enforce max_pending
+                return
+            except Exception:
+                logger.exception("dropped %d forecast log rows the database refused", len(chunk))
+                if self.on_drop is not None:
+                    self.on_drop(len(chunk))
 
     def _write(self, rows: list[dict[str, object]]) -> None:
         with self.sessions() as session:

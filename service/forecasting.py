@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -328,10 +328,11 @@ def read_windows(
 
 
 def log_rows(
-    forecasts: list[SeriesForecast], plans: list[Plan], horizon: int
+    forecasts: list[SeriesForecast], plans: list[Plan], horizon: int, issued_at: datetime
 ) -> list[dict[str, object]]:
-    """Forecast log rows (ForecastLog's columns) for the stored series among ``plans``."""
-    now = datetime.now(UTC)
+    """Forecast log rows (ForecastLog's columns) for the stored series among ``plans``;
+    ``issued_at``: when the request began, before its windows were read."""
+    now = issued_at
     return [
         {
             "series_id": f.id,

@@ -27,6 +27,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_logger = logging.getLogger("service.access")
+errors_logger = logging.getLogger("service.errors")
+INTERNAL_ERROR = (
+    b'{"detail":[{"loc":[],"msg":"internal server error; the log has it under this '
+    b'request id (X-Request-ID)","type":"internal_error"}]}'
+)
 
 # The id of the request being handled, for every log record written while handling it.
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -116,8 +121,9 @@ class RequestContext:
     ) -> None:
         self.app = app
         self.metrics = metrics
-        # FastAPI's router puts its own routes in scope["route"], but for a plain Starlette
-        # route only the endpoint: those are labelled through this map.
+        # FastAPI's router (which replaces Starlette's Router.app) puts its own routes in
+        # scope["route"], but for a plain Starlette route only the endpoint: those are
+        # labelled through this map.
         self.plain_paths: dict[Any, str] = {route.endpoint: route.path for route in plain_routes}
         # Which answers get an access log record: all, 4xx and 5xx, or 5xx only.
         self.log_from_status = {"all": 0, "errors": 400, "off": 500}[access_log]
@@ -139,16 +145,31 @@ class RequestContext:
             rid = f"{self.prefix}-{next(self.counter):x}"
         token = request_id.set(rid)
         status = 500  # unless a response starts: an exception escaped every handler
+        started_response = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Logged here, while the request id is still set, and answered here so the 500
+            # carries the id too (Starlette's last-resort handler sits outside this one).
+            errors_logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if started_response:
+                raise
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send_with_id({"type": "http.response.body", "body": INTERNAL_ERROR})
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")

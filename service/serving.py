@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +23,7 @@ from service.config import Settings
 from service.db.repository import StoredWindow
 from service.forecast_log import ForecastRecorder
 from service.forecasting import (
+    Plan,
     assemble,
     by_model,
     log_rows,
@@ -51,24 +54,26 @@ class Serving:
 
 async def answer(request: ForecastRequest, models: ModelSet, serving: Serving) -> bytes:
     """The JSON body of the ForecastResponse for ``request``."""
+    issued_at = datetime.now(UTC)  # before the windows are read: the forecast log's time
     small = len(request.series) <= serving.settings.inline_batch_max
     stored = None
     if any(s.is_stored for s in request.series):
         stored = await stored_windows(request, models, serving)
-    if small:
+
+    def prepare() -> tuple[list[Plan], list[list[Plan]], list[tuple[np.ndarray, np.ndarray]]]:
         plans = plan_request(request, models, serving.settings, stored)
-    else:
-        plans = await run_in_threadpool(plan_request, request, models, serving.settings, stored)
-    groups = by_model(plans)
-    # One model is the usual case: awaited directly (gather would wrap it in a task).
-    outputs = [
-        await serving.batcher.predict(group[0].forecaster, *model_inputs(group))
-        for group in groups[:1]
+        groups = by_model(plans)
+        return plans, groups, [model_inputs(group) for group in groups]
+
+    plans, groups, inputs = prepare() if small else await run_in_threadpool(prepare)
+    predictions = [
+        serving.batcher.predict(group[0].forecaster, windows, positions)
+        for group, (windows, positions) in zip(groups, inputs, strict=True)
     ]
-    if len(groups) > 1:
-        outputs += await asyncio.gather(
-            *(serving.batcher.predict(g[0].forecaster, *model_inputs(g)) for g in groups[1:])
-        )
+    # One model is the usual case: awaited directly (gather would wrap it in a task).
+    outputs = [await predictions[0]] if len(predictions) == 1 else []
+    if len(predictions) > 1:
+        outputs = list(await asyncio.gather(*predictions))
 
     def finish() -> tuple[list[SeriesForecast], bytes]:
         forecasts = assemble(plans, groups, outputs, request)
@@ -76,7 +81,7 @@ async def answer(request: ForecastRequest, models: ModelSet, serving: Serving) -
 
     forecasts, body = finish() if small else await run_in_threadpool(finish)
     if stored:
-        serving.recorder.add(log_rows(forecasts, plans, request.horizon))
+        serving.recorder.add(log_rows(forecasts, plans, request.horizon, issued_at))
     return body
 
 

@@ -10,9 +10,12 @@ SQLAlchemy work; the forecast itself, a tenth of that. So the api keeps the wind
   Another process may answer from the old window in the moments (sub-millisecond on one
   host) before the notification arrives.
 
-The cache only serves while its listener is connected; when the connection drops it is
-emptied and bypassed until LISTEN is in place again, so no change can be missed. It is used
-on PostgreSQL only: SQLite has no notifications (reads there go to the database).
+The cache only serves while its listener is connected and has proved so within the last
+3 seconds (a query every second, with TCP keepalives); when the connection drops it is
+emptied and bypassed until LISTEN is in place again. So a change made while notifications
+can't arrive is served stale for at most those seconds. It is used on PostgreSQL only: SQLite
+has no notifications (reads there go to the database), and a PgBouncer in transaction mode
+does not deliver them (point DATABASE_URL at PostgreSQL or a session-mode pool).
 
 A read that started before a change must not put the old window back after the change has
 been invalidated: each invalidation is stamped with a generation number, and a fill is kept
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -52,6 +56,9 @@ class WindowCache:
         self.changed_at: dict[str, int] = {}  # series id -> generation of its last change
         self.floor = 0  # fills of reads begun before this generation are discarded
         self.enabled = False  # only while the listener is connected
+        # ... and has lately proved it: a connection that died silently (a partition, no
+        # reset) would otherwise look connected until TCP gives up, minutes later.
+        self.alive_until = 0.0
 
     def begin_read(self) -> int:
         """The generation a read starts at: pass it to ``fill``."""
@@ -65,9 +72,10 @@ class WindowCache:
         and the ids that must be read from the database."""
         hits: dict[str, StoredWindow] = {}
         misses: list[str] = []
+        serving = self.enabled and time.monotonic() < self.alive_until
         with self.lock:
             for sid in series_ids:
-                entry = self.windows.get(sid) if self.enabled else None
+                entry = self.windows.get(sid) if serving else None
                 if entry is not None and (entry[0] >= size or len(entry[1].ts) < entry[0]):
                     self.windows.move_to_end(sid)
                     hits[sid] = entry[1]
@@ -97,6 +105,10 @@ class WindowCache:
                 self.changed_at.clear()
                 self.floor = self.generation + 1
 
+    def confirm_alive(self, for_s: float) -> None:
+        """The listener's connection answered just now: serve for ``for_s`` more seconds."""
+        self.alive_until = time.monotonic() + for_s
+
     def set_enabled(self, enabled: bool) -> None:
         """Empty the cache and start or stop serving from it (the listener's state)."""
         with self.lock:
@@ -115,17 +127,29 @@ class ChangeListener:
     connection drops. The cache serves only while this is connected."""
 
     RETRY_S = 2.0
+    POLL_S = 1.0  # how often the connection is proved alive
+    TRUST_S = 3.0  # how long a proof lets the cache serve
 
     def __init__(self, database_url: str, cache: WindowCache) -> None:
         url = make_url(database_url)
+        params = {str(k): str(v) for k, v in url.query.items()}  # sslmode, host=/socket...
+        params.update(
+            {
+                k: str(v)
+                for k, v in url.translate_connect_args(database="dbname", username="user").items()
+            }
+        )
         self.conninfo = psycopg.conninfo.make_conninfo(
-            host=url.host or "",
-            port=url.port or 5432,
-            dbname=url.database or "",
-            user=url.username or "",
-            password=url.password or "",
+            **params,
             connect_timeout=5,
             application_name="forecast-series-listener",  # how ops tell it in pg_stat_activity
+            # A dead peer is noticed in seconds, not at TCP's default of minutes.
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=2,
+            tcp_user_timeout=5000,
+            options="-c statement_timeout=5000",
         )
         self.cache = cache
         self.stopping = threading.Event()
@@ -148,9 +172,10 @@ class ChangeListener:
                     self.connected.set()
                     logger.info("window cache on: listening for series changes")
                     while not self.stopping.is_set():
-                        for note in conn.notifies(timeout=1.0):
+                        conn.execute("SELECT 1")  # the connection is alive: trust it a while
+                        self.cache.confirm_alive(self.TRUST_S)
+                        for note in conn.notifies(timeout=self.POLL_S):
                             self.cache.invalidate(note.payload)
-                        conn.execute("SELECT 1")  # notices a dropped connection within a second
             except psycopg.Error as exc:
                 logger.warning("window cache off until the database is back: %s", exc)
             finally:

@@ -258,7 +258,7 @@ def record_forecasts(session: Session, *, rows: list[dict[str, object]]) -> int:
         return 0
     query = select(Series.id, Series.created_at).where(Series.id.in_(ids))
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(key_share=True)
+        query = query.with_for_update(read=True, key_share=True)  # FOR KEY SHARE
     created = {sid: _utc(at) for sid, at in session.execute(query)}
     kept = [
         row

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.observability import Metrics, RequestContext
 from tests.conftest import ADMIN
 
 
@@ -98,3 +101,23 @@ def test_openapi_documents_the_forecast_body(client):
     refs = set(re.findall(r'"#/components/schemas/([^"]+)"', client.get("/openapi.json").text))
     assert refs <= set(components), f"dangling references: {refs - set(components)}"
     assert "series" in components["ForecastRequest"]["properties"]
+
+
+def test_an_unhandled_error_is_a_500_that_carries_the_request_id(caplog):
+    async def broken(scope, receive, send):
+        raise RuntimeError("a bug")
+
+    app = RequestContext(broken, Metrics(), access_log="errors", plain_routes=[])
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return await client.get("/anything", headers={"X-Request-ID": "req-500"})
+
+    with caplog.at_level(logging.ERROR, logger="service.errors"):
+        response = asyncio.run(call())
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "req-500"
+    assert response.json()["detail"][0]["type"] == "internal_error"
+    logged = [r for r in caplog.records if r.name == "service.errors"]
+    assert logged and "a bug" in (logged[0].exc_text or "")

@@ -33,6 +33,7 @@ def test_a_read_that_raced_a_change_is_not_cached():
     cache.fill({"a": window("a", 24)}, 24, cache.begin_read())
     assert cache.get(["a"], 24) == ({}, ["a"])
     cache.set_enabled(True)
+    cache.confirm_alive(60)  # the listener's connection answered
     started = cache.begin_read()
     cache.invalidate("a")  # committed while the read was under way
     cache.fill({"a": window("a", 24), "b": window("b", 24)}, 24, started)
@@ -45,6 +46,8 @@ def test_a_read_that_raced_a_change_is_not_cached():
     cache.fill({"d": short}, 60, cache.begin_read())
     assert cache.get(["d"], 60)[0] == {"d": short}
     assert len(cache) <= 2  # least recently used out
+    cache.confirm_alive(-1)  # no proof of life lately: the connection may be dead
+    assert cache.get(["d"], 60) == ({}, ["d"])
     cache.set_enabled(False)
     assert len(cache) == 0 and cache.get(["d"], 60) == ({}, ["d"])
 
