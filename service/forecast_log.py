@@ -88,8 +88,10 @@ class ForecastRecorder:
         take now (connection lost, server down) waits for the next flush; one it refuses
         outright (a bug, bad data) is dropped, logged and counted, so it can't block the rest
         for ever."""
-        while self.rows:
-            chunk = [self.rows.popleft() for _ in range(min(self.CHUNK_ROWS, len(self.rows)))]
+        waiting = len(self.rows)  # rows that arrive meanwhile wait for the next flush
+        while waiting > 0 and self.rows:
+            chunk = [self.rows.popleft() for _ in range(min(self.CHUNK_ROWS, waiting))]
+            waiting -= len(chunk)
             try:
                 await asyncio.to_thread(self._write, chunk)
             except (OperationalError, InterfaceError, PoolTimeout) as exc:

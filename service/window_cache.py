@@ -59,6 +59,7 @@ class WindowCache:
         # ... and has lately proved it: a connection that died silently (a partition, no
         # reset) would otherwise look connected until TCP gives up, minutes later.
         self.alive_until = 0.0
+        self.hits = self.misses = 0  # windows served from the cache, and read instead
 
     def begin_read(self) -> int:
         """The generation a read starts at: pass it to ``fill``."""
@@ -81,6 +82,8 @@ class WindowCache:
                     hits[sid] = entry[1]
                 else:
                     misses.append(sid)
+            self.hits += len(hits)
+            self.misses += len(misses)
         return hits, misses
 
     def fill(self, windows: dict[str, StoredWindow], size: int, read_generation: int) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
@@ -65,6 +65,14 @@ def register_state_gauges(app: FastAPI, metrics: Metrics) -> None:
             entries = gauge("forecast_series_cache_entries", "Stored windows cached.", [])
             entries.add_metric([], len(cache))
             yield entries
+            reads = CounterMetricFamily(
+                "forecast_series_cache_reads",
+                "Stored windows asked of the cache: served from it (hit) or read (miss).",
+                labels=["result"],
+            )
+            reads.add_metric(["hit"], cache.hits)
+            reads.add_metric(["miss"], cache.misses)
+            yield reads
         database_up = gauge(
             "forecast_database_up", "1 if the scrape could read the database, else 0.", []
         )
