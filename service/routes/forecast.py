@@ -114,7 +114,10 @@ async def forecast_stored(
     try:
         payload = await answer(body, models, serving)
     except ServiceError as exc:
+        # This request has no body: point at the path or the query parameter instead.
         if exc.loc[:3] == ["body", "series", 0]:
-            exc.loc = ["path", "series_id"]  # this request has no body: point at the path
+            exc.loc = ["path", "series_id"]
+        elif exc.loc[:1] == ["body"] and exc.loc[1:2] in (["horizon"], ["model"], ["level"]):
+            exc.loc = ["query", *exc.loc[1:]]
         raise
     return Response(payload, media_type="application/json")

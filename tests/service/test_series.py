@@ -328,3 +328,14 @@ def test_limits_state_the_setting(make_client, settings):
     )
     assert chunked.status_code == 413
     assert small.get("/health/live").status_code == 200  # and it keeps serving
+
+
+def test_stored_forecast_by_path_names_the_query_parameter_that_breaks_a_limit(client, air_csv):
+    put(client)
+    upload_csv(client, air_csv)
+    response = client.get("/series/air/forecast", params={"horizon": 10**9})
+    assert response.status_code == 422
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["query", "horizon"] and "horizon of 12" in detail["msg"]
+    unknown = client.get("/series/air/forecast", params={"horizon": 3, "model": "nope"})
+    assert unknown.json()["detail"][0]["loc"] == ["query", "model"]
