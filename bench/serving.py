@@ -15,6 +15,7 @@ Needs wrk (Debian: apt-get install wrk) and the dev dependencies (mlflow, onnx).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -100,6 +101,24 @@ def wrk(url: str, bodies: list[str], connections: int, duration_s: float, work: 
         p99_ms=figures["p99_us"] / 1e3,
         requests=figures["requests"],
         failed=figures["errors"] + figures["non_2xx"],
+    )
+
+
+FLOOR = "floor: no-op FastAPI endpoint, same body"
+MLFLOW = "mlflow models serve: the same window"
+
+
+def median_run(results: list[Result]) -> Result:
+    """The run with the median requests/s (the lower middle one of an even count), whole, so
+    its latencies are that run's; failures are summed over all runs."""
+    ordered = sorted(results, key=lambda r: r.rps)
+    middle = ordered[(len(ordered) - 1) // 2]
+    return Result(
+        middle.rps,
+        middle.p50_ms,
+        middle.p99_ms,
+        sum(r.requests for r in results),
+        sum(r.failed for r in results),
     )
 
 
@@ -239,6 +258,9 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--series", type=int, default=1000, help="stored series (the batch size)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of every run; the table shows medians"
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -251,14 +273,20 @@ def main() -> None:
             bundle = member_bundle(REPO / "models" / name, int(length), Path(built) / "member")
         else:
             bundle = REPO / "models" / args.model
-        rows, memory, manifest = measure(args, bundle)
-    report(rows, memory, args, manifest)
+        rows, spread, memory, manifest = measure(args, bundle)
+    report(rows, spread, memory, args, manifest)
 
 
 def measure(
     args: argparse.Namespace, bundle: Path
-) -> tuple[list[tuple[str, int, Result]], dict[str, float], dict[str, object]]:
-    """Every wrk run of the table, and the api's resident memory."""
+) -> tuple[
+    list[tuple[str, int, Result]],
+    dict[tuple[str, int], tuple[float, float]],
+    dict[str, float],
+    dict[str, object],
+]:
+    """The median run of every case over ``--repeat`` rounds, each case's lowest and highest
+    requests/s, and the api's resident memory."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     size, horizon = manifest["input_size"], manifest["horizon"]
     history = AIR_PASSENGERS_1949_1960
@@ -272,10 +300,11 @@ def measure(
         tensor["season_position"] = [0.0]  # January 1961 follows December 1960
     mlflow_body = json.dumps({"inputs": tensor})
 
-    rows: list[tuple[str, int, Result]] = []
+    runs: dict[tuple[str, int], list[Result]] = {}
     memory: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp, fresh_database("postgresql", Path(tmp)) as url:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        url = stack.enter_context(fresh_database("postgresql", work))
         shutil.copytree(bundle, work / "models" / manifest["name"])
         env = {
             "DATABASE_URL": url,
@@ -290,111 +319,111 @@ def measure(
             capture_output=True,
         )
         api, base = start_api_process(env, REPO)
-        try:
-            print(f"storing {args.series} series ...", file=sys.stderr)
-            ids = store_series(base, args.series)
-            few = min(100, args.series)
-            rng = random.Random(7)
-            cases = {
-                "one inline series": [json.dumps(inline)],
-                "one stored series by id": [
-                    json.dumps({"series": [{"id": sid}], "horizon": horizon}) for sid in ids
-                ],
-                f"{few:,} stored series": [
-                    json.dumps(
-                        {"series": [{"id": s} for s in rng.sample(ids, few)], "horizon": horizon}
-                    )
-                    for _ in range(20)
-                ],
-                f"{args.series:,} stored series": [
-                    json.dumps({"series": [{"id": s} for s in ids], "horizon": horizon})
-                ],
-            }
-            for bodies in cases.values():  # every path warmed up, and every body answers 200
-                httpx.post(
-                    f"{base}/forecast",
-                    content=bodies[0].encode(),
-                    headers={"content-type": "application/json"},
-                    timeout=60,
-                ).raise_for_status()
-            memory["after warm-up"] = rss_mb(api.pid)
-            for name, bodies in cases.items():
-                for c in args.connections:
-                    print(f"api: {name}, {c} connections ...", file=sys.stderr)
-                    rows.append(
-                        (f"api: {name}", c, wrk(f"{base}/forecast", bodies, c, args.duration, work))
-                    )
-            memory["after the run"] = rss_mb(api.pid)
-        finally:
-            api.terminate()
-            api.wait(timeout=30)
+        stack.callback(api.wait, timeout=30)
+        stack.callback(api.terminate)
+        print(f"storing {args.series} series ...", file=sys.stderr)
+        ids = store_series(base, args.series)
+        few = min(100, args.series)
+        rng = random.Random(7)
+        cases = {
+            "one inline series": [json.dumps(inline)],
+            "one stored series by id": [
+                json.dumps({"series": [{"id": sid}], "horizon": horizon}) for sid in ids
+            ],
+            f"{few:,} stored series": [
+                json.dumps(
+                    {"series": [{"id": s} for s in rng.sample(ids, few)], "horizon": horizon}
+                )
+                for _ in range(20)
+            ],
+            f"{args.series:,} stored series": [
+                json.dumps({"series": [{"id": s} for s in ids], "horizon": horizon})
+            ],
+        }
+        for bodies in cases.values():  # every path warmed up, and every body answers 200
+            httpx.post(
+                f"{base}/forecast",
+                content=bodies[0].encode(),
+                headers={"content-type": "application/json"},
+                timeout=60,
+            ).raise_for_status()
+        memory["after warm-up"] = rss_mb(api.pid)
 
+        # The other two servers run beside the api (idle while another is measured), so each
+        # round measures all three within a minute or two of each other.
         port = free_port()
         floor = [sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "bench"), "floor_app:app"]
         floor += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
-        with process(floor, f"http://127.0.0.1:{port}/docs", work / "floor.log", {}):
-            for c in args.connections:
-                print(f"floor: {c} connections ...", file=sys.stderr)
-                result = wrk(
-                    f"http://127.0.0.1:{port}/forecast",
-                    cases["one inline series"],
-                    c,
-                    args.duration,
-                    work,
-                )
-                rows.append(("floor: no-op FastAPI endpoint, same body", c, result))
-
+        stack.enter_context(process(floor, f"http://127.0.0.1:{port}/docs", work / "floor.log", {}))
+        floor_url = f"http://127.0.0.1:{port}/forecast"
         port = free_port()
         mlflow = [sys.executable, "-m", "mlflow", "models", "serve", "-m"]
         mlflow += [str(mlflow_model(bundle, work)), "--env-manager", "local"]
         mlflow += ["--port", str(port), "--host", "127.0.0.1", "--workers", "1"]
         # mlflow execs `uvicorn` by name: the interpreter's bin folder goes first on PATH.
         path = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        with process(mlflow, f"http://127.0.0.1:{port}/ping", work / "mlflow.log", path):
-            httpx.post(
-                f"http://127.0.0.1:{port}/invocations",
-                content=mlflow_body.encode(),
-                headers={"content-type": "application/json"},
-            ).raise_for_status()
-            for c in args.connections:
-                print(f"mlflow: {c} connections ...", file=sys.stderr)
-                result = wrk(
-                    f"http://127.0.0.1:{port}/invocations", [mlflow_body], c, args.duration, work
-                )
-                rows.append(("mlflow models serve: the same window", c, result))
+        stack.enter_context(
+            process(mlflow, f"http://127.0.0.1:{port}/ping", work / "mlflow.log", path)
+        )
+        mlflow_url = f"http://127.0.0.1:{port}/invocations"
+        httpx.post(
+            mlflow_url, content=mlflow_body.encode(), headers={"content-type": "application/json"}
+        ).raise_for_status()
 
-    return rows, memory, manifest
+        plan = [(f"api: {name}", f"{base}/forecast", bodies) for name, bodies in cases.items()]
+        plan.append((FLOOR, floor_url, cases["one inline series"]))
+        plan.append((MLFLOW, mlflow_url, [mlflow_body]))
+        for round_ in range(1, args.repeat + 1):
+            for name, target, bodies in plan:
+                for c in args.connections:
+                    print(f"round {round_}: {name}, {c} connections ...", file=sys.stderr)
+                    result = wrk(target, bodies, c, args.duration, work)
+                    runs.setdefault((name, c), []).append(result)
+        memory["after the run"] = rss_mb(api.pid)
+
+    rows = [(name, c, median_run(results)) for (name, c), results in runs.items()]
+    spread = {
+        (name, c): (min(r.rps for r in rs), max(r.rps for r in rs))
+        for (name, c), rs in runs.items()
+    }
+    return rows, spread, memory, manifest
 
 
 def report(
     rows: list[tuple[str, int, Result]],
+    spread: dict[tuple[str, int], tuple[float, float]],
     memory: dict[str, float],
     args: argparse.Namespace,
     manifest: dict[str, object],
 ) -> None:
     by = {(name, c): r for name, c, r in rows}
     top = max(args.connections)
-    floor = by[("floor: no-op FastAPI endpoint, same body", top)]
-    mlflow = by[("mlflow models serve: the same window", top)]
+    floor = by[(FLOOR, top)]
+    mlflow = by[(MLFLOW, top)]
     inline = by[("api: one inline series", top)]
     stored = by[("api: one stored series by id", top)]
     batch = by[(f"api: {args.series:,} stored series", min(args.connections))]
     lines = [
         f"# Serving benchmark, {datetime.now(UTC):%Y-%m-%d}",
         "",
-        f"{run_facts()} wrk (1 thread) on loopback, {args.duration:g} s per run; one uvicorn "
+        f"{run_facts()} wrk (1 thread) on loopback, {args.duration:g} s per run, "
+        f"{args.repeat} rounds (the three servers measured in turn in each round; the table "
+        "shows each case's median run, its range of requests/s, and failures over all "
+        "runs); one uvicorn "
         f"worker per server. Model: `{manifest['name']}` version {manifest['version']} "
         f"(input_size {manifest['input_size']}, horizon {manifest['horizon']}); the api on "
         f"PostgreSQL with {args.series:,} stored series of {HISTORY} monthly values.",
         "",
-        "| case | connections | requests/s | p50 ms | p99 ms | requests | failed | vs floor |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | connections | requests/s (median) | range | p50 ms | p99 ms | requests | failed "
+        "| vs floor |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, c, r in rows:
-        share = r.rps / by[("floor: no-op FastAPI endpoint, same body", c)].rps
+        share = r.rps / by[(FLOOR, c)].rps
+        low, high = spread[(name, c)]
         lines.append(
-            f"| {name} | {c} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.requests:,} "
-            f"| {r.failed} | {share:.0%} |"
+            f"| {name} | {c} | {r.rps:,.0f} | {low:,.0f} to {high:,.0f} | {r.p50_ms:.2f} "
+            f"| {r.p99_ms:.2f} | {r.requests:,} | {r.failed} | {share:.0%} |"
         )
     failed = sum(r.failed for _, _, r in rows)
     targets = [

@@ -15,14 +15,14 @@ from tests.conftest import REPO
 def test_serving_bench_prints_its_table_targets_and_key_ratios(tmp_path):
     out = tmp_path / "serving.md"
     command = [sys.executable, "bench/serving.py", "--duration", "1", "--series", "40"]
-    command += ["--connections", "1", "4", "--out", str(out)]
+    command += ["--connections", "1", "4", "--repeat", "2", "--out", str(out)]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
     assert lines[-1].startswith("Key ratios (4 connections): inline ")
     assert out.read_text().strip() == run.stdout.strip()
     rows = [line.split("|")[1:-1] for line in lines if line.startswith("| ")]
-    cases = {(cells[0].strip(), cells[1].strip()) for cells in rows if len(cells) == 8}
+    cases = {(cells[0].strip(), cells[1].strip()) for cells in rows if len(cells) == 9}
     for case in (
         "api: one inline series",
         "api: one stored series by id",
@@ -32,7 +32,7 @@ def test_serving_bench_prints_its_table_targets_and_key_ratios(tmp_path):
     ):
         assert {(case, "1"), (case, "4")} <= cases, case
     for cells in rows:
-        if len(cells) == 8 and cells[1].strip() in ("1", "4"):
+        if len(cells) == 9 and cells[1].strip() in ("1", "4"):
             assert float(cells[2].replace(",", "")) > 0  # requests/s measured
-            assert cells[6].strip() == "0", f"failed requests in {cells[0]}"
+            assert cells[7].strip() == "0", f"failed requests in {cells[0]}"
     assert re.search(r"\| no failed requests \| 0 \| yes \|", run.stdout)
