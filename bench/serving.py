@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.report import emit, run_facts  # noqa: E402
 from service.schemas import AIR_PASSENGERS_1949_1960  # noqa: E402
-from tests.conftest import free_port, fresh_database, start_api_process  # noqa: E402
+from tests.conftest import free_port, fresh_database, start_migrated_api  # noqa: E402
 
 HISTORY = 72  # monthly observations per stored series (six years)
 
@@ -311,14 +311,7 @@ def measure(
             "FORECAST_MODELS_DIR": str(work / "models"),
             "FORECAST_LOG_LEVEL": os.environ.get("FORECAST_LOG_LEVEL", "INFO"),
         }
-        subprocess.run(
-            [sys.executable, "-m", "service", "migrate"],
-            env={**os.environ, **env},
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-        )
-        api, base = start_api_process(env, REPO)
+        api, base = start_migrated_api(env)
         stack.callback(api.wait, timeout=30)
         stack.callback(api.terminate)
         print(f"storing {args.series} series ...", file=sys.stderr)

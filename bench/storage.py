@@ -11,7 +11,6 @@ baseline without the database). Prints a markdown table; ``--out`` also writes i
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import emit, run_facts  # noqa: E402
-from tests.conftest import fresh_database, start_api_process  # noqa: E402  (the tests' helpers)
+from tests.conftest import fresh_database, start_migrated_api  # noqa: E402  (the tests' helpers)
 
 
 def timed(fn: Callable[[], httpx.Response]) -> float:
@@ -38,15 +37,7 @@ def timed(fn: Callable[[], httpx.Response]) -> float:
 
 
 def start_api(url: str) -> tuple[subprocess.Popen[str], str]:
-    env = {"DATABASE_URL": url, "FORECAST_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
-    subprocess.run(
-        [sys.executable, "-m", "service", "migrate"],
-        env={**os.environ, **env},
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    return start_api_process(env, REPO)
+    return start_migrated_api({"DATABASE_URL": url, "FORECAST_LOG_LEVEL": "WARNING"})
 
 
 def ingest_rows(client: httpx.Client, rows: int) -> list[tuple[str, str]]:

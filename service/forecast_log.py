@@ -46,6 +46,9 @@ class ForecastRecorder:
 
     def add(self, rows: list[dict[str, object]]) -> None:
         self.rows.extend(rows)
+        self._drop_beyond_max()
+
+    def _drop_beyond_max(self) -> None:
         excess = len(self.rows) - self.max_pending
         if excess > 0:
             for _ in range(excess):
@@ -99,7 +102,7 @@ class ForecastRecorder:
                     "could not write %d forecast log rows, will retry: %s", len(chunk), exc
                 )
                 self.rows.extendleft(reversed(chunk))
-                self.add([])  # enforce max_pending
+                self._drop_beyond_max()
                 return
             except Exception:
                 logger.exception("dropped %d forecast log rows the database refused", len(chunk))

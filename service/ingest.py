@@ -21,8 +21,13 @@ MAX_REPORTED = 20
 _OBSERVATIONS = TypeAdapter(list[ObservationIn])
 
 
+def media_type(content_type: str) -> str:
+    """``application/json; charset=utf-8`` -> ``application/json``."""
+    return content_type.split(";")[0].strip().lower()
+
+
 def parse_body(content_type: str, body: bytes, max_rows: int) -> tuple[list[datetime], list[float]]:
-    media = content_type.split(";")[0].strip().lower()
+    media = media_type(content_type)
     if media in ("application/json", ""):
         ts, values = _parse_json(body)
     elif media in ("text/csv", "application/csv"):

@@ -71,8 +71,9 @@ async def answer(request: ForecastRequest, models: ModelSet, serving: Serving) -
         for group, (windows, positions) in zip(groups, inputs, strict=True)
     ]
     # One model is the usual case: awaited directly (gather would wrap it in a task).
-    outputs = [await predictions[0]] if len(predictions) == 1 else []
-    if len(predictions) > 1:
+    if len(predictions) == 1:
+        outputs = [await predictions[0]]
+    else:
         outputs = list(await asyncio.gather(*predictions))
 
     def finish() -> tuple[list[SeriesForecast], bytes]:

@@ -85,6 +85,27 @@ class Stack:
     def job(self, job_id: str) -> dict:
         return httpx.get(f"{self.base}/retrain/{job_id}").json()
 
+    def start_long_job(self) -> tuple[str, dict]:
+        """Queue a retrain that trains for a while (150 epochs from scratch, never promoted)
+        and wait until a worker is two epochs into it; returns its id and that state."""
+        response = httpx.post(
+            f"{self.base}/retrain",
+            json={
+                "model": MODEL,
+                "mode": "scratch",
+                "promote": "never",
+                "overrides": {"max_epochs": 150, "patience": 150},
+            },
+            headers=ADMIN,
+        )
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        running = self.wait_job(
+            job_id,
+            lambda j: j["status"] == "running" and (j["progress"] or {}).get("epoch", 0) >= 2,
+        )
+        return job_id, running
+
     def wait_job(self, job_id: str, until, timeout_s: float = 180) -> dict:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -305,21 +326,7 @@ def test_corrupt_and_incompatible_bundles_are_refused_and_the_old_one_keeps_serv
 
 def test_a_worker_killed_mid_training_has_its_job_requeued_and_finished_by_another(stack):
     first = stack.start_worker()
-    response = httpx.post(
-        f"{stack.base}/retrain",
-        json={
-            "model": MODEL,
-            "mode": "scratch",
-            "promote": "never",
-            "overrides": {"max_epochs": 150, "patience": 150},
-        },
-        headers=ADMIN,
-    )
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-    running = stack.wait_job(
-        job_id, lambda j: j["status"] == "running" and (j["progress"] or {}).get("epoch", 0) >= 2
-    )
+    job_id, running = stack.start_long_job()
     assert running["attempts"] == 1
     first.kill()  # SIGKILL: no clean-up, no release; only the lease can tell
     first.wait()
@@ -337,21 +344,7 @@ def test_a_worker_killed_mid_training_has_its_job_requeued_and_finished_by_anoth
 def test_sigterm_mid_training_puts_the_job_back_in_the_queue(stack):
     stack.stop_workers()
     worker = stack.start_worker()
-    response = httpx.post(
-        f"{stack.base}/retrain",
-        json={
-            "model": MODEL,
-            "mode": "scratch",
-            "promote": "never",
-            "overrides": {"max_epochs": 150, "patience": 150},
-        },
-        headers=ADMIN,
-    )
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-    stack.wait_job(
-        job_id, lambda j: j["status"] == "running" and (j["progress"] or {}).get("epoch", 0) >= 2
-    )
+    job_id, _ = stack.start_long_job()
     worker.send_signal(signal.SIGTERM)  # as compose stops it: finish the epoch, give the job back
     assert worker.wait(timeout=60) == 0
     released = stack.job(job_id)

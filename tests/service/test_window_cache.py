@@ -52,6 +52,12 @@ def test_a_read_that_raced_a_change_is_not_cached():
     assert len(cache) == 0 and cache.get(["d"], 60) == ({}, ["d"])
 
 
+@pytest.fixture(autouse=True)
+def _empty_tables_after_each_test() -> None:
+    """These tests bring their own database (postgres_url): nothing shared to empty, and no
+    reason to run once per database kind."""
+
+
 @pytest.fixture
 def postgres_url(tmp_path) -> Iterator[str]:
     with fresh_database("postgresql", tmp_path) as url:
@@ -97,12 +103,7 @@ def test_changes_reach_every_replica_and_the_writer_at_once(make_client, postgre
         assert first_step(replica) == "1959-01-01"  # cached now
     # The next year, uploaded through a: a answers from it at once (its own change), b once
     # the notification arrives.
-    rows = frame.iloc[120:132][["ds", "y"]].rename(columns={"ds": "ts", "y": "value"})
-    a.post(
-        "/series/air/observations",
-        content=rows.to_csv(index=False),
-        headers={"content-type": "text/csv"},
-    ).raise_for_status()
+    store_series(str(a.base_url), "air", frame.iloc[120:132])
     assert first_step(a) == "1960-01-01"
     deadline = time.monotonic() + 5
     while first_step(b) != "1960-01-01":
@@ -135,12 +136,7 @@ def test_a_lost_listener_connection_empties_the_cache_until_it_is_back(make_clie
     engine.dispose()
     assert killed == 2
     # A change made while b's listener is gone: notifications sent now reach nobody.
-    rows = frame.iloc[120:132][["ds", "y"]].rename(columns={"ds": "ts", "y": "value"})
-    a.post(
-        "/series/air/observations",
-        content=rows.to_csv(index=False),
-        headers={"content-type": "text/csv"},
-    ).raise_for_status()
+    store_series(str(a.base_url), "air", frame.iloc[120:132])
     # b notices the lost connection within its poll (1 s), empties its cache and reads the
     # database until it listens again.
     deadline = time.monotonic() + 5
