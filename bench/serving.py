@@ -37,7 +37,13 @@ sys.path.insert(0, str(REPO))
 
 from bench.report import emit, run_facts  # noqa: E402
 from service.schemas import AIR_PASSENGERS_1949_1960  # noqa: E402
-from tests.conftest import free_port, fresh_database, start_migrated_api  # noqa: E402
+from tests.conftest import (  # noqa: E402  (the tests' helpers)
+    ADMIN,
+    READ,
+    free_port,
+    fresh_database,
+    start_migrated_api,
+)
 
 HISTORY = 72  # monthly observations per stored series (six years)
 
@@ -53,6 +59,7 @@ wrk.method = "POST"
 wrk.path = path
 wrk.body = bodies[1]
 wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
+wrk.headers["Authorization"] = os.getenv("BENCH_AUTHORIZATION")
 math.randomseed(7)
 if #bodies > 1 then
   request = function()
@@ -90,6 +97,8 @@ def wrk(url: str, bodies: list[str], connections: int, duration_s: float, work: 
         "BENCH_BODIES": str(body_file),
         "BENCH_PATH": "/" + path,
         "BENCH_CONTENT_TYPE": "application/json",
+        # The api's read token. The floor and MLflow get the same header, and ignore it.
+        "BENCH_AUTHORIZATION": READ["Authorization"],
     }
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--timeout", "30s"]
     command += ["-s", str(script), f"http://{base}"]
@@ -172,7 +181,7 @@ def stored_history(i: int) -> list[float]:
 
 def store_series(base: str, n: int) -> list[str]:
     ids = [f"bench-{i:04d}" for i in range(n)]
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=base, timeout=60, headers=ADMIN) as client:
         for i, sid in enumerate(ids):
             client.put(f"/series/{sid}", json={"frequency": "MS"}).raise_for_status()
             body = "ts,value\n" + "".join(
@@ -337,7 +346,7 @@ def measure(
             httpx.post(
                 f"{base}/forecast",
                 content=bodies[0].encode(),
-                headers={"content-type": "application/json"},
+                headers={**READ, "content-type": "application/json"},
                 timeout=60,
             ).raise_for_status()
         memory["after warm-up"] = rss_mb(api.pid)

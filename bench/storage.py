@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import emit, run_facts  # noqa: E402
-from tests.conftest import fresh_database, start_migrated_api  # noqa: E402  (the tests' helpers)
+from tests.conftest import ADMIN, fresh_database, start_migrated_api  # noqa: E402
 
 
 def timed(fn: Callable[[], httpx.Response]) -> float:
@@ -114,7 +114,7 @@ def main() -> None:
     with fresh_database("postgresql", Path("/tmp")) as url:
         proc, base = start_api(url)
         try:
-            with httpx.Client(base_url=base, timeout=120) as client:
+            with httpx.Client(base_url=base, timeout=120, headers=ADMIN) as client:
                 rows = ingest_rows(client, args.rows)
                 histories = store_series(client, args.series, args.history)
                 ids = list(histories)

@@ -13,15 +13,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel
 
-from service.auth import resolve_admin_token
+from service.auth import ADMIN, READ, Tokens
 from service.batching import Batcher
 from service.config import Settings
 from service.db.session import build_engine, build_sessionmaker
 from service.errors import register_error_handlers
 from service.forecast_log import ForecastRecorder
-from service.limits import BodySizeLimit
+from service.limits import BodyLimits
 from service.model_set import ModelSet, load_model_set
 from service.observability import Metrics, RequestContext, configure_logging
 from service.registry import RegistryWatcher
@@ -130,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             listener.start()
         app.state.serving = Serving(settings, sessions, batcher, recorder, windows)
         logger.info("database: %s", engine.url.render_as_string(hide_password=True))
-        app.state.admin_token = resolve_admin_token(settings)
+        app.state.tokens = Tokens.from_settings(settings)
         # Everything loaded so far (modules, models, the app) lives as long as the process. A
         # full garbage collection walked all of it, a 70-90 ms pause every second under load;
         # frozen, it is left out of collections (the start-up collect makes that set small).
@@ -165,7 +166,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_state_gauges(app, metrics)
     app.state.models = ModelSet(models={}, refused={"": "starting up"})
     add_body_schemas(app, [ForecastRequest, ObservationIn])
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimits,
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+    )
     app.add_middleware(
         RequestContext,
         metrics=metrics,
@@ -180,5 +185,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(series.router)
     app.include_router(retrain.router)
     app.include_router(models.router)
-    app.include_router(metrics_route.router)
+    if settings.metrics != "off":
+        scope = {"open": [], "read": [READ], "admin": [ADMIN]}[settings.metrics]
+        app.include_router(metrics_route.router, dependencies=scope)
+    if settings.cors_origins:
+        # Outermost, so preflight requests are answered before the auth and body checks.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
     return app

@@ -1,8 +1,15 @@
-"""Bearer-token auth for admin routes.
+"""Bearer-token auth with two scopes.
 
-The admin token comes from ``FORECAST_ADMIN_TOKEN``. Without it (embedded mode) the api
-generates one at first start and keeps it in ``FORECAST_ADMIN_TOKEN_FILE`` (mode 0600), so a
-laptop gets a working ``/retrain`` with nothing to configure and nothing guessable.
+- ``read`` (``FORECAST_READ_TOKEN``): forecasts, and reads of series, models and retrain jobs.
+- ``admin`` (``FORECAST_ADMIN_TOKEN``): everything, including ingest, delete and retrain.
+
+Auth is always on. Without an admin token configured (embedded mode) the api generates one at
+first start and keeps it in ``FORECAST_ADMIN_TOKEN_FILE`` (mode 0600), so a laptop gets a
+working api with nothing to configure and nothing guessable. Without a read token, the read
+routes take the admin token only. ``/health/*`` stays open; ``/metrics`` follows
+``FORECAST_METRICS``.
+
+No token, or a token that matches neither, is a 401; the read token on an admin route is a 403.
 """
 
 from __future__ import annotations
@@ -11,18 +18,26 @@ import hmac
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import ClassVar, Literal
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from service.config import Settings
 from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
-bearer = HTTPBearer(auto_error=False, description="FORECAST_ADMIN_TOKEN")
+Scope = Literal["read", "admin"]
+
+# Declares the scheme in the OpenAPI document; the checks below read the header themselves.
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="FORECAST_READ_TOKEN (read routes) or FORECAST_ADMIN_TOKEN (every route)",
+)
 
 
 class Unauthorized(ServiceError):
@@ -31,13 +46,97 @@ class Unauthorized(ServiceError):
     headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
 
 
-def resolve_admin_token(settings: Settings) -> str:
-    """The configured token, else the one stored in the token file (created if missing).
+class Forbidden(ServiceError):
+    status_code = 403
+    type = "forbidden"
 
-    A blank FORECAST_ADMIN_TOKEN counts as unset: an empty token would match a request that
+
+@dataclass(frozen=True)
+class Tokens:
+    """The tokens this api accepts, as bytes for ``hmac.compare_digest``."""
+
+    admin: bytes
+    read: bytes | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Tokens:
+        read = _configured(settings.read_token)
+        return cls(admin=resolve_admin_token(settings).encode(), read=read.encode() or None)
+
+    def scope_of(self, authorization: str | None) -> Scope | None:
+        """The scope a request's ``Authorization`` header grants; None for none or a wrong one.
+
+        compare_digest: the time taken does not reveal how much of a token was right. Both
+        tokens are always compared, so neither does the time taken reveal which one matched.
+        """
+        if not authorization:
+            return None
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return None
+        candidate = given.strip().encode()
+        is_admin = hmac.compare_digest(candidate, self.admin)
+        is_read = self.read is not None and hmac.compare_digest(candidate, self.read)
+        if is_admin:
+            return "admin"
+        return "read" if is_read else None
+
+    def check(self, authorization: str | None, needed: Scope) -> None:
+        """Raise 401 or 403 unless the header grants ``needed``."""
+        granted = self.scope_of(authorization)
+        if granted is None:
+            which = NEEDS[needed]
+            problem = "the token sent is not valid" if authorization else "none was sent"
+            raise Unauthorized(
+                f"this route needs the {needed} scope: Authorization: Bearer <{which}>; {problem}",
+                ("header", "authorization"),
+            )
+        if needed == "admin" and granted != "admin":
+            raise Forbidden(
+                "this route needs the admin scope (FORECAST_ADMIN_TOKEN); the read token "
+                "only reads and forecasts",
+                ("header", "authorization"),
+            )
+
+
+NEEDS: dict[Scope, str] = {
+    "read": "FORECAST_READ_TOKEN or FORECAST_ADMIN_TOKEN",
+    "admin": "FORECAST_ADMIN_TOKEN",
+}
+
+
+def check_scope(request: Request, needed: Scope) -> None:
+    """For routes outside FastAPI's dependency system (the plain Starlette /forecast)."""
+    tokens: Tokens = request.app.state.tokens
+    tokens.check(request.headers.get("authorization"), needed)
+
+
+async def require_read(request: Request, _: object = Depends(bearer)) -> None:
+    check_scope(request, "read")
+
+
+async def require_admin(request: Request, _: object = Depends(bearer)) -> None:
+    check_scope(request, "admin")
+
+
+READ = Depends(require_read)
+ADMIN = Depends(require_admin)
+
+
+def _configured(secret: object) -> str:
+    """A setting's token; blank counts as unset: an empty token would match a request that
     sends none (compose's ``${VAR}`` of an unset variable is the empty string)."""
-    if settings.admin_token is not None and settings.admin_token.get_secret_value().strip():
-        return settings.admin_token.get_secret_value().strip()
+    if secret is None:
+        return ""
+    value: str = secret.get_secret_value()  # type: ignore[attr-defined]
+    return value.strip()
+
+
+def resolve_admin_token(settings: Settings) -> str:
+    """The configured token, else the one stored in the token file (created if missing)."""
+    configured = _configured(settings.admin_token)
+    if configured:
+        return configured
     path = settings.admin_token_file
     token = _read(path)
     if token:
@@ -67,22 +166,3 @@ def _read(path: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         return ""
-
-
-async def require_admin(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    """401 unless the request carries ``Authorization: Bearer <admin token>``."""
-    expected: str = request.app.state.admin_token
-    given = credentials.credentials if credentials is not None else ""
-    # compare_digest: the time taken does not reveal how much of the token was right.
-    if not (given and expected and hmac.compare_digest(given.encode(), expected.encode())):
-        raise Unauthorized(
-            "this route needs the admin bearer token (Authorization: Bearer <token>; "
-            "FORECAST_ADMIN_TOKEN)",
-            ("header", "authorization"),
-        )
-
-
-AdminDep = Annotated[None, Depends(require_admin)]

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     max_history_length: int = Field(default=100_000, ge=1)
     max_observations_per_request: int = Field(default=100_000, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
+    max_json_depth: int = Field(
+        default=32,
+        ge=4,
+        le=1000,
+        description="422 for a JSON body nested deeper than this, checked before it is parsed.",
+    )
     log_level: str = Field(default="INFO")
     log_format: Literal["json", "text"] = Field(
         default="json",
@@ -108,13 +114,29 @@ class Settings(BaseSettings):
     )
     admin_token: SecretStr | None = Field(
         default=None,
-        description="Bearer token for admin routes (POST /retrain). Unset: the api generates "
-        "one at first start and stores it in FORECAST_ADMIN_TOKEN_FILE.",
+        description="Bearer token of the admin scope: every route, including ingest, delete "
+        "and retrain. Unset: the api generates one at first start and stores it in "
+        "FORECAST_ADMIN_TOKEN_FILE.",
+    )
+    read_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the read scope: forecasts, and reads of series, models "
+        "and retrain jobs. Unset: those routes take the admin token only.",
     )
     admin_token_file: Path = Field(
         default=Path("var/admin_token"),
         description="Where the generated admin token is kept (mode 0600) when "
         "FORECAST_ADMIN_TOKEN is unset.",
+    )
+    metrics: Literal["open", "read", "admin", "off"] = Field(
+        default="open",
+        description="/metrics: open to all (Prometheus scrapes it without a token), behind "
+        "the read or the admin scope, or not served.",
+    )
+    cors_origins: list[str] = Field(
+        default=[],
+        description="Origins allowed to call the api from a browser, as a JSON list (e.g. "
+        '["https://dash.example.com"]). Empty: no CORS headers, browsers refuse.',
     )
     mlflow_tracking_uri: str = Field(
         default="sqlite:///var/mlflow.db",

@@ -16,6 +16,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
+from service.limits import BodyRefused
+
 Loc = Sequence[str | int]
 
 
@@ -143,10 +145,12 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
 
 
 async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
-    """404 for unknown routes, 405, 413 from the body limit: same shape as the rest."""
+    """404 for unknown routes, 405, and the body limits' 413 and 422: same shape as the rest."""
     assert isinstance(exc, HTTPException)
-    kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-    detail = [{"loc": [], "msg": str(exc.detail), "type": kind.get(exc.status_code, "http_error")}]
+    loc, kind = [], {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    if isinstance(exc, BodyRefused):
+        loc, kind = ["body"], exc.kind
+    detail = [{"loc": loc, "msg": str(exc.detail), "type": kind or "http_error"}]
     return JSONResponse(
         status_code=exc.status_code, content={"detail": detail}, headers=exc.headers
     )

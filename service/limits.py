@@ -1,11 +1,16 @@
-"""Request body size limit, enforced before the app reads the body (chunked bodies too).
+"""Limits on request bodies, enforced before the app reads them: size (413, chunked bodies
+too) and JSON nesting depth (422), each naming the limit and its setting.
 
-Starlette ships a RequestBodyLimitMiddleware, but its 413 is a fixed "Content Too Large" text;
-this one names the limit and the setting, in the api's error shape.
+Starlette ships a RequestBodyLimitMiddleware, but its 413 is a fixed "Content Too Large" text.
+The depth is checked here, on the raw bytes as they arrive, because a parser is where deep
+nesting does its harm: Python's json recurses once per level.
 """
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,53 +19,153 @@ def too_large_message(limit: int) -> str:
     return f"request body exceeds {limit} bytes (FORECAST_MAX_BODY_BYTES)"
 
 
-class BodySizeLimit:
-    """413 when Content-Length is over the limit; for bodies without one (chunked), 413 as soon
-    as the bytes received pass it, so an endless body is never buffered whole."""
+def too_deep_message(limit: int) -> str:
+    return f"JSON body is nested deeper than {limit} levels (FORECAST_MAX_JSON_DEPTH)"
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+
+# A complete JSON string, escapes included; what is left of a chunk once these are removed has
+# brackets only as structure.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# The rest of a string begun in an earlier chunk, up to and including its closing quote.
+_STRING_REST = re.compile(rb'(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"\\')
+# +1 for an opening bracket, -1 for a closing one, as signed bytes for numpy.
+_OPEN = b"[{"
+_STEP = np.zeros(256, dtype=np.int8)
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
+
+
+class JsonDepth:
+    """The deepest nesting of a JSON text fed in chunks, without parsing it: strings are cut
+    out (their brackets don't count), then the brackets are counted. A string or an escape
+    may span chunks. Malformed text is the parser's to refuse later; this only counts."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.deepest = 0
+        self.in_string = False
+        self.escaped = False  # the chunk ended inside a string on an unpaired backslash
+
+    def feed(self, chunk: bytes) -> int:
+        """Take the next chunk; return the deepest nesting seen so far."""
+        kept = chunk.translate(None, _NOT_STRUCTURE)
+        if b"\\" in kept or self.escaped:
+            return self._count(self._outside_strings(chunk))
+        # No escapes: strings are what lies between quote pairs. (A regex pass costs 2-3 us on
+        # a small forecast body; this costs well under one.)
+        parts = kept.split(b'"')
+        outside = parts[1::2] if self.in_string else parts[0::2]
+        if len(parts) % 2 == 0:  # an odd number of quotes: a string opens or closes
+            self.in_string = not self.in_string
+        return self._count(b"".join(outside))
+
+    def _outside_strings(self, chunk: bytes) -> bytes:
+        """The chunk without its strings (or the parts of strings begun or going on past it)."""
+        start = 0
+        if self.in_string:
+            start = 1 if self.escaped else 0
+            self.escaped = False
+            end = _STRING_REST.match(chunk, start)
+            if end is None:  # the string goes on past this chunk
+                self.escaped = _ends_in_escape(chunk[start:])
+                return b""
+            start = end.end()
+            self.in_string = False
+        outside = _STRING.sub(b"", chunk[start:] if start else chunk)
+        quote = outside.find(b'"')
+        if quote >= 0:  # a string opens and does not close in this chunk
+            self.in_string = True
+            self.escaped = _ends_in_escape(outside[quote + 1 :])
+            outside = outside[:quote]
+        return outside
+
+    def _count(self, text: bytes) -> int:
+        brackets = text.translate(None, _NOT_BRACKETS)
+        if len(brackets) <= 64:  # a typical body: numpy's call costs more than the loop
+            depth, deepest = self.depth, self.deepest
+            for b in brackets:
+                depth += 1 if b in _OPEN else -1
+                if depth > deepest:
+                    deepest = depth
+            self.depth, self.deepest = depth, deepest
+        else:
+            steps = np.cumsum(_STEP[np.frombuffer(brackets, dtype=np.uint8)], dtype=np.int64)
+            self.deepest = max(self.deepest, self.depth + int(steps.max()))
+            self.depth += int(steps[-1])
+        return self.deepest
+
+
+class BodyRefused(HTTPException):
+    """Raised inside the app's body read. It must be an HTTPException: FastAPI turns anything
+    else raised there into a 400."""
+
+    def __init__(self, status_code: int, detail: str, kind: str) -> None:
+        super().__init__(status_code, detail)
+        self.kind = kind
+
+
+def _ends_in_escape(text: bytes) -> bool:
+    """Whether string content ends on a backslash that escapes the next chunk's first byte."""
+    return (len(text) - len(text.rstrip(b"\\"))) % 2 == 1
+
+
+class BodyLimits:
+    """413 when Content-Length is over the size limit; for bodies without one (chunked), 413 as
+    soon as the bytes received pass it, so an endless body is never buffered whole. 422 as
+    soon as a JSON body nests deeper than the depth limit."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_json_depth: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and declared.isdigit():
-            if int(declared) > limit:
-                await _reject(send, limit)
-                return
-            # uvicorn and h11 never deliver more than a declared length: nothing to count.
+        declared, content_type = None, b""
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = value
+            elif key == b"content-type":
+                content_type = value
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _reject(send, 413, too_large_message(limit), "payload_too_large")
+            return
+        # uvicorn and h11 never deliver more than a declared length: count only without one.
+        counted = declared is None or not declared.isdigit()
+        depth = JsonDepth() if b"json" in content_type.lower() or not content_type else None
+        if not counted and depth is None:
             await self.app(scope, receive, send)
             return
         received = 0
+        max_depth = self.max_json_depth
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    # Raised inside the app's body read. It must be an HTTPException: FastAPI
-                    # turns anything else raised there into a 400.
-                    raise HTTPException(413, too_large_message(limit))
+                body = message.get("body", b"")
+                received += len(body)
+                if counted and received > limit:
+                    raise BodyRefused(413, too_large_message(limit), "payload_too_large")
+                if depth is not None and depth.feed(body) > max_depth:
+                    raise BodyRefused(422, too_deep_message(max_depth), "limit_exceeded")
             return message
 
         await self.app(scope, limited_receive, send)
 
 
-async def _reject(send: Send, limit: int) -> None:
-    body = (
-        b'{"detail":[{"loc":["body"],"msg":"' + too_large_message(limit).encode() + b'",'
-        b'"type":"payload_too_large"}]}'
-    )
+async def _reject(send: Send, status: int, message: str, kind: str) -> None:
+    body = b'{"detail":[{"loc":["body"],"msg":"' + message.encode() + b'","type":"' + kind.encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body + b'"}]}'})

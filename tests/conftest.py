@@ -30,6 +30,8 @@ MODELS = REPO / "models"
 AIR_BUNDLE = MODELS / "air_passengers"
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+READ_TOKEN = "test-read-token"
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 
 # An admin connection that may create and drop databases (this machine: trust auth).
@@ -92,8 +94,14 @@ def start_api_process(
     Returns the process (stdout+stderr piped when ``capture``) and its base URL.
     """
     port = free_port()
-    # No registry polling and no embedded worker unless a test asks for them.
-    quiet = {"FORECAST_REGISTRY_POLL_S": "0", "FORECAST_EMBEDDED_WORKER": "false"}
+    # No registry polling and no embedded worker unless a test asks for them; the tests'
+    # tokens unless a test sets its own (a blank FORECAST_ADMIN_TOKEN: generated into a file).
+    quiet = {
+        "FORECAST_REGISTRY_POLL_S": "0",
+        "FORECAST_EMBEDDED_WORKER": "false",
+        "FORECAST_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FORECAST_READ_TOKEN": READ_TOKEN,
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port)],
         cwd=cwd,
@@ -116,20 +124,30 @@ def start_api_process(
     raise RuntimeError(f"the api did not become ready within {timeout_s} s\n{output}")
 
 
-def store_series(base: str, series_id: str, frame: pd.DataFrame, frequency: str = "MS") -> None:
+def store_series(
+    base: str,
+    series_id: str,
+    frame: pd.DataFrame,
+    frequency: str = "MS",
+    token: str = ADMIN_TOKEN,
+) -> None:
     """Create a series over HTTP and upload ``frame``'s ds and y as its observations (CSV)."""
-    httpx.put(f"{base}/series/{series_id}", json={"frequency": frequency}).raise_for_status()
+    auth = {"Authorization": f"Bearer {token}"}
+    httpx.put(
+        f"{base}/series/{series_id}", json={"frequency": frequency}, headers=auth
+    ).raise_for_status()
     rows = frame[["ds", "y"]].rename(columns={"ds": "ts", "y": "value"})
     httpx.post(
         f"{base}/series/{series_id}/observations",
         content=rows.to_csv(index=False),
-        headers={"content-type": "text/csv"},
+        headers={**auth, "content-type": "text/csv"},
     ).raise_for_status()
 
 
 @contextmanager
-def serve(settings: Settings) -> Iterator[httpx.Client]:
-    """Run create_app(settings) under uvicorn in a thread; yield an HTTP client for it."""
+def serve(settings: Settings, headers: dict[str, str] = ADMIN) -> Iterator[httpx.Client]:
+    """Run create_app(settings) under uvicorn in a thread; yield an HTTP client for it that
+    sends ``headers`` (the admin token) with every request."""
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
@@ -141,7 +159,8 @@ def serve(settings: Settings) -> Iterator[httpx.Client]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
             yield client
     finally:
         server.should_exit = True
@@ -183,6 +202,7 @@ def settings(database_url: str) -> Settings:
         provider="auto",
         database_url=database_url,
         admin_token=ADMIN_TOKEN,
+        read_token=READ_TOKEN,
         registry_poll_s=0,
     )
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
+from service.auth import READ, check_scope
 from service.deps import ModelsDep, ServingDep, get_models, get_serving
 from service.errors import ServiceError, UnsupportedMediaType
 from service.ingest import media_type
@@ -75,6 +76,7 @@ async def forecast(request: Request) -> Response:
     """Series are either stored (``{"id": "air"}``) or inline (``id``, ``history``, ``start``,
     ``freq``); both may be mixed. All of them run as one batched inference, shared with
     concurrent requests for the same model."""
+    check_scope(request, "read")
     body = await read_forecast_request(request)
     models = await get_models(request)
     serving = await get_serving(request)
@@ -95,11 +97,17 @@ router.add_api_route(
     summary="Forecast",
     response_model=ForecastResponse,
     responses={**ERRORS, 415: {"description": "The body is not JSON."}},
+    dependencies=[READ],  # for the document: the function checks the token itself
     openapi_extra=FORECAST_BODY,
 )
 
 
-@router.get("/series/{series_id}/forecast", response_model=ForecastResponse, responses=ERRORS)
+@router.get(
+    "/series/{series_id}/forecast",
+    response_model=ForecastResponse,
+    responses=ERRORS,
+    dependencies=[READ],
+)
 async def forecast_stored(
     series_id: Annotated[str, Path(pattern=SERIES_ID_PATTERN)],
     models: ModelsDep,

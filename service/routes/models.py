@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from service.auth import READ
 from service.deps import ModelsDep
 from service.errors import ModelNotFound
 from service.inference import Forecaster
 from service.model_set import ModelSet
 from service.schemas import ModelInfo, ModelList
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], dependencies=[READ])
 
 
 def model_info(forecaster: Forecaster) -> ModelInfo:

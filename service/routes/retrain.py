@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import AdminDep
+from service.auth import ADMIN, READ
 from service.db import jobs
 from service.db.tables import RetrainJob
 from service.deps import ModelsDep, SessionsDep, SettingsDep
@@ -70,6 +70,7 @@ def _model_name(body: RetrainRequest, models: ModelSet) -> str:
 
 @router.post(
     "",
+    dependencies=[ADMIN],
     status_code=202,
     response_model=RetrainJobOut,
     responses={
@@ -78,7 +79,6 @@ def _model_name(body: RetrainRequest, models: ModelSet) -> str:
     },
 )
 async def queue_retrain(
-    _: AdminDep,
     request: Request,
     response: Response,
     models: ModelsDep,
@@ -107,7 +107,7 @@ async def queue_retrain(
     return job_out(job, request)
 
 
-@router.get("/{job_id}", response_model=RetrainJobOut, name="get_retrain_job")
+@router.get("/{job_id}", response_model=RetrainJobOut, name="get_retrain_job", dependencies=[READ])
 async def get_retrain_job(
     job_id: Annotated[str, Path(max_length=36)], request: Request, sessions: SessionsDep
 ) -> RetrainJobOut:
@@ -120,7 +120,7 @@ async def get_retrain_job(
     return job_out(await run_in_threadpool(read), request)
 
 
-@router.get("", response_model=RetrainJobList)
+@router.get("", response_model=RetrainJobList, dependencies=[READ])
 async def list_retrain_jobs(
     request: Request,
     sessions: SessionsDep,

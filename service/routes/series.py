@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service import ingest
+from service.auth import ADMIN, READ
 from service.config import Settings
 from service.db import repository
 from service.deps import ServingDep, SessionDep, SessionsDep, SettingsDep
@@ -47,6 +48,7 @@ def _check_page(limit: int, settings: Settings, loc: str = "limit") -> None:
 
 @router.put(
     "/{series_id}",
+    dependencies=[ADMIN],
     response_model=SeriesOut,
     status_code=status.HTTP_200_OK,
     responses={
@@ -107,6 +109,7 @@ OBSERVATIONS_BODY = {
 
 @router.post(
     "/{series_id}/observations",
+    dependencies=[ADMIN],
     response_model=IngestResult,
     openapi_extra=OBSERVATIONS_BODY,
     responses={
@@ -150,7 +153,7 @@ def _ingest(
     return IngestResult(series_id=series_id, received=len(ts), inserted=inserted, updated=updated)
 
 
-@router.get("", response_model=SeriesPage)
+@router.get("", response_model=SeriesPage, dependencies=[READ])
 def list_series(
     session: SessionDep,
     settings: SettingsDep,
@@ -163,7 +166,7 @@ def list_series(
     return SeriesPage(items=[_out(s) for s in items], next_after=next_after)
 
 
-@router.get("/{series_id}", response_model=SeriesDetail, responses=NOT_FOUND)
+@router.get("/{series_id}", response_model=SeriesDetail, responses=NOT_FOUND, dependencies=[READ])
 def get_series(series_id: SeriesIdPath, session: SessionDep) -> SeriesDetail:
     stats = repository.series_stats(session, series_id=series_id)
     return SeriesDetail(
@@ -174,7 +177,12 @@ def get_series(series_id: SeriesIdPath, session: SessionDep) -> SeriesDetail:
     )
 
 
-@router.get("/{series_id}/observations", response_model=ObservationsPage, responses=NOT_FOUND)
+@router.get(
+    "/{series_id}/observations",
+    response_model=ObservationsPage,
+    responses=NOT_FOUND,
+    dependencies=[READ],
+)
 def get_observations(
     series_id: SeriesIdPath,
     session: SessionDep,
@@ -197,7 +205,12 @@ def get_observations(
     )
 
 
-@router.delete("/{series_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete(
+    "/{series_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NOT_FOUND,
+    dependencies=[ADMIN],
+)
 def delete_series(series_id: SeriesIdPath, session: SessionDep, serving: ServingDep) -> Response:
     repository.delete_series(session, series_id=series_id)
     serving.series_changed(series_id)

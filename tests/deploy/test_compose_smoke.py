@@ -42,6 +42,7 @@ ENV = {
         {"model": MODEL, "promote": "always", "overrides": {"max_epochs": 3}}
     ),
     "FORECAST_SCHEDULE_CRON": "*/3 * * * * *",
+    "FORECAST_READ_TOKEN": "compose-read-token",
     "FORECAST_REGISTRY_POLL_S": "1",
 }
 
@@ -168,10 +169,17 @@ def test_the_compose_services_run_the_users_path_as_local_processes(tmp_path):
         base = f"http://127.0.0.1:{topology.ports['api']}"
 
         # Ingest a series and forecast it: the folder bundle answers.
-        store_series(base, "air", pd.read_csv(AIR_CSV))
+        # The admin token writes; clients read and forecast with the read token.
+        store_series(base, "air", pd.read_csv(AIR_CSV), token=ENV["FORECAST_ADMIN_TOKEN"])
+        auth = {"Authorization": f"Bearer {ENV['FORECAST_READ_TOKEN']}"}
         ask = {"series": [{"id": "air"}], "horizon": 12, "model": MODEL}
-        before = httpx.post(f"{base}/forecast", json=ask).json()["forecasts"][0]["model"]
-        source = httpx.get(f"{base}/models/{MODEL}").json()["source"]
+
+        def served_model() -> dict[str, str]:
+            answer = httpx.post(f"{base}/forecast", json=ask, headers=auth).json()
+            return answer["forecasts"][0]["model"]
+
+        before = served_model()
+        source = httpx.get(f"{base}/models/{MODEL}", headers=auth).json()["source"]
         assert source.startswith("folder:")
 
         # The scheduler's call starts a retrain; the worker promotes; the api swaps.
@@ -181,7 +189,7 @@ def test_the_compose_services_run_the_users_path_as_local_processes(tmp_path):
                 lambda: next(
                     (
                         j
-                        for j in httpx.get(f"{base}/retrain").json()["items"]
+                        for j in httpx.get(f"{base}/retrain", headers=auth).json()["items"]
                         if j["status"] not in ("queued", "running")
                     ),
                     None,
@@ -192,11 +200,11 @@ def test_the_compose_services_run_the_users_path_as_local_processes(tmp_path):
         registry = f"registry:models:/{MODEL}/{job['model_version']}"
         wait_for(
             "the api to serve the promoted version",
-            lambda: httpx.get(f"{base}/models/{MODEL}").json()["source"] == registry,
+            lambda: httpx.get(f"{base}/models/{MODEL}", headers=auth).json()["source"] == registry,
             topology,
             timeout_s=60,
         )
-        after = httpx.post(f"{base}/forecast", json=ask).json()["forecasts"][0]["model"]
+        after = served_model()
         assert after == {"name": MODEL, "version": job["model_version"]} != before
         assert any((tmp_path / "mlartifacts").rglob("model.onnx"))  # stored by the server
 

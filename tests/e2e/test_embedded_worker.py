@@ -40,13 +40,14 @@ def test_serve_runs_a_worker_that_does_a_queued_retrain_and_ends_with_the_api(tm
         "FORECAST_MODELS_DIR": str(MODELS),
         "FORECAST_EMBEDDED_WORKER": "true",
         "FORECAST_WORKER_POLL_S": "0.3",
+        "FORECAST_ADMIN_TOKEN": "",  # blank is unset: the api generates one
     }
     api, base = start_api_process(env, tmp_path)
     try:
         workers = [pid for pid, cmd in children(api.pid).items() if "training worker" in cmd]
         assert len(workers) == 1, children(api.pid)
-        assert (tmp_path / "var" / "admin_token").is_file()  # generated: nothing configured
-        store_series(base, "air", pd.read_csv(AIR_CSV))
+        token = (tmp_path / "var" / "admin_token").read_text().strip()  # generated
+        store_series(base, "air", pd.read_csv(AIR_CSV), token=token)
         done = subprocess.run(
             [sys.executable, "-m", "training", "retrain", "--model", "air_passengers",
              "--promote", "never", "--max-epochs", "2", "--wait", "--timeout-s", "240"],
@@ -57,7 +58,8 @@ def test_serve_runs_a_worker_that_does_a_queued_retrain_and_ends_with_the_api(tm
         job = json.loads(done.stdout.strip().splitlines()[-1])
         assert job["status"] == "succeeded" and job["decision"] == "not_promoted", job
         assert job["candidate"]["mase"] > 0 and job["champion"]["source"].startswith("folder:")
-        listed = httpx.get(f"{base}/retrain").json()["items"]
+        auth = {"Authorization": f"Bearer {token}"}
+        listed = httpx.get(f"{base}/retrain", headers=auth).json()["items"]
         assert [j["id"] for j in listed] == [job["id"]]
     finally:
         api.terminate()

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from service.bundle import read_bundle
-from tests.conftest import AIR_CSV, REPO, start_api_process
+from tests.conftest import AIR_CSV, READ, REPO, start_api_process
 
 pytestmark = pytest.mark.slow
 
@@ -138,6 +138,7 @@ def test_api_process_serves_the_new_bundle_and_never_loads_torch(trained):
                 "horizon": 12,
                 "level": [80],
             },
+            headers=READ,
         )
         assert response.status_code == 200, response.text
         forecast = response.json()["forecasts"][0]

@@ -8,7 +8,7 @@ import json
 import httpx
 
 from service.db import migrate
-from tests.conftest import MODELS, REPO, start_api_process
+from tests.conftest import MODELS, READ, REPO, start_api_process
 
 
 def test_logs_are_json_lines_with_the_request_id_of_the_response(tmp_path, air_history):
@@ -26,10 +26,10 @@ def test_logs_are_json_lines_with_the_request_id_of_the_response(tmp_path, air_h
         ok = httpx.post(
             f"{base}/forecast",
             json={"series": [inline], "horizon": 3},
-            headers={"X-Request-ID": "client-chosen-17"},
+            headers={**READ, "X-Request-ID": "client-chosen-17"},
         )
-        bad = httpx.post(f"{base}/forecast", json={"series": [inline], "horizon": -1})
-        missing = httpx.get(f"{base}/series/nowhere")
+        bad = httpx.post(f"{base}/forecast", json={"series": [inline], "horizon": -1}, headers=READ)
+        missing = httpx.get(f"{base}/series/nowhere", headers=READ)
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]

@@ -83,7 +83,7 @@ class Stack:
                 worker.wait(timeout=60)
 
     def job(self, job_id: str) -> dict:
-        return httpx.get(f"{self.base}/retrain/{job_id}").json()
+        return httpx.get(f"{self.base}/retrain/{job_id}", headers=ADMIN).json()
 
     def start_long_job(self) -> tuple[str, dict]:
         """Queue a retrain that trains for a while (150 epochs from scratch, never promoted)
@@ -116,8 +116,11 @@ class Stack:
         logs = "\n".join(p.read_text()[-3000:] for p in self.work.glob("worker-*.log"))
         raise AssertionError(f"job {job_id} never got there: {self.job(job_id)}\n{logs}")
 
+    def models(self) -> dict:
+        return httpx.get(f"{self.base}/models", headers=ADMIN).json()
+
     def served_version(self) -> str:
-        return httpx.get(f"{self.base}/models/{MODEL}").json()["version"]
+        return httpx.get(f"{self.base}/models/{MODEL}", headers=ADMIN).json()["version"]
 
 
 def fit_bundle(work: Path, env: dict[str, str], out: Path, input_size: int) -> None:
@@ -181,7 +184,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         api, base = start_api_process(env, work, capture=False)
         stack = Stack(work, env, base, api)
         for uid, group in series.groupby("unique_id"):
-            store_series(base, str(uid), group)
+            store_series(base, str(uid), group, token=TOKEN)
         try:
             yield stack
         finally:
@@ -198,7 +201,7 @@ def forecasting(stack: Stack) -> Iterator[list[tuple[int, str | None]]]:
     stop = threading.Event()
 
     def loop() -> None:
-        with httpx.Client(base_url=stack.base, timeout=10) as client:
+        with httpx.Client(base_url=stack.base, timeout=10, headers=ADMIN) as client:
             while not stop.is_set():
                 try:
                     r = client.post(
@@ -250,7 +253,7 @@ def test_retrain_promotes_and_the_api_swaps_with_no_failed_request(stack):
     assert job["decision"] == "promoted" and job["candidate"]["version"] == new
     assert job["champion"]["source"].startswith("folder:") and job["progress"]["epoch"] > 0
     assert str(stack.mlflow().get_model_version_by_alias(MODEL, "champion").version) == new
-    info = httpx.get(f"{stack.base}/models/{MODEL}").json()
+    info = httpx.get(f"{stack.base}/models/{MODEL}", headers=ADMIN).json()
     assert info["source"] == f"registry:models:/{MODEL}/{new}"
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
@@ -313,7 +316,7 @@ def test_corrupt_and_incompatible_bundles_are_refused_and_the_old_one_keeps_serv
             client.set_registered_model_alias(MODEL, "champion", version)
             source = f"registry:models:/{MODEL}/{version}"
             deadline = time.monotonic() + 30
-            while source not in (refused := httpx.get(f"{stack.base}/models").json()["refused"]):
+            while source not in (refused := stack.models()["refused"]):
                 assert time.monotonic() < deadline, refused
                 time.sleep(0.2)
             assert reason in refused[source] and "still serving" in refused[source]

@@ -21,10 +21,12 @@ settings = Settings(
     models_dir={str(AIR_BUNDLE.parent)!r},
     database_url=sys.argv[1],
     mlflow_tracking_uri=f"sqlite:///{{sys.argv[2]}}/mlflow.db",
+    read_token="no-torch-read-token",
     admin_token_file=f"{{sys.argv[2]}}/admin_token",
     registry_poll_s=60,
 )
-with TestClient(create_app(settings)) as client:
+auth = {{"Authorization": "Bearer no-torch-read-token"}}
+with TestClient(create_app(settings), headers=auth) as client:
     assert client.get("/health/ready").status_code == 200
     r = client.post("/forecast", json={{"series": [{{"id": "a", "history": history,
                     "start": "1949-01-01", "freq": "MS"}}], "horizon": 12}})
