@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel
 
-from service.auth import ADMIN, READ, Tokens
+from service.auth import ADMIN, ADMIN_SCHEME, READ, Tokens
 from service.batching import Batcher
 from service.config import Settings
 from service.db.session import build_engine, build_sessionmaker
@@ -29,7 +29,7 @@ from service.registry import RegistryWatcher
 from service.routes import forecast, health, models, retrain, series
 from service.routes import metrics as metrics_route
 from service.routes.metrics import register_state_gauges
-from service.schemas import ForecastRequest, ObservationIn
+from service.schemas import ErrorBody, ForecastRequest, ObservationIn
 from service.serving import Serving
 from service.window_cache import ChangeListener, WindowCache
 
@@ -50,9 +50,27 @@ async def follow_registry(app: FastAPI, watcher: RegistryWatcher) -> None:
         await asyncio.sleep(watcher.settings.registry_poll_s)
 
 
-def add_body_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
-    """Routes that read their body themselves (for speed, or to take CSV too) declare it with
-    openapi_extra, by reference: put the referenced schemas in the document's components."""
+# The answers every route of a kind may give, added to each operation of the document so
+# clients (and schemathesis) know them; each has the api's one error shape.
+ERROR_ANSWERS = {
+    "400": "The body could not be read (not UTF-8, or not JSON where JSON is expected).",
+    "401": "No bearer token, or not a valid one.",
+    "403": "The read token on a route of the admin scope.",
+    "413": "The body is over FORECAST_MAX_BODY_BYTES.",
+    "422": "A field breaks the schema or a limit (FORECAST_MAX_*); detail names it.",
+    "503": "The database is unreachable, or no model is loaded; retry after Retry-After.",
+}
+
+
+def complete_openapi(app: FastAPI, models: list[type[BaseModel]], settings: Settings) -> None:
+    """Three additions to the generated document.
+
+    - Routes that read their body themselves (for speed, or to take CSV too) declare it with
+      openapi_extra, by reference: the referenced schemas go in the components.
+    - The error answers of each operation: 401 (and 403 for the admin scope) where a token is
+      needed, 503 where the database or a model is, 400/413/422 where there is a body.
+    - The limits set by settings, as maxItems and maximum, so a client sees this api's.
+    """
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -64,9 +82,51 @@ def add_body_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(body.pop("$defs", {}))
                 components[model.__name__] = body
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    add_error_answers(operation)
+            add_limits(schema, settings)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def add_limits(schema: dict[str, Any], settings: Settings) -> None:
+    components = schema["components"]["schemas"]
+    components["ForecastRequest"]["properties"]["series"]["maxItems"] = (
+        settings.max_series_per_request
+    )
+    for option in components["SeriesInput"]["properties"]["history"]["anyOf"]:
+        if option.get("type") == "array":
+            option["maxItems"] = settings.max_history_length
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "limit":
+                    parameter["schema"]["maximum"] = settings.max_page_size
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None and body["schema"].get("type") == "array":
+                body["schema"]["maxItems"] = settings.max_observations_per_request
+
+
+def add_error_answers(operation: dict[str, Any]) -> None:
+    schemes = {name for need in operation.get("security", []) for name in need}
+    codes = []
+    if schemes:
+        codes += ["401", "503"] + (["403"] if ADMIN_SCHEME in schemes else [])
+    if "requestBody" in operation:
+        codes += ["400", "413", "422"]
+    responses = operation.setdefault("responses", {})
+    for code in codes:
+        responses.setdefault(
+            code,
+            {
+                "description": ERROR_ANSWERS[code],
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                },
+            },
+        )
 
 
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -165,7 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     register_state_gauges(app, metrics)
     app.state.models = ModelSet(models={}, refused={"": "starting up"})
-    add_body_schemas(app, [ForecastRequest, ObservationIn])
+    complete_openapi(app, [ForecastRequest, ObservationIn, ErrorBody], settings)
     app.add_middleware(
         BodyLimits,
         max_body_bytes=settings.max_body_bytes,

@@ -31,12 +31,17 @@ from service.errors import ServiceError
 logger = logging.getLogger(__name__)
 
 Scope = Literal["read", "admin"]
+READ_SCHEME, ADMIN_SCHEME = "readToken", "adminToken"
 
-# Declares the scheme in the OpenAPI document; the checks below read the header themselves.
-bearer = HTTPBearer(
+# The two schemes name each route's scope in the OpenAPI document (both are bearer tokens);
+# the checks below read the header themselves.
+read_bearer = HTTPBearer(
     auto_error=False,
-    scheme_name="bearer",
-    description="FORECAST_READ_TOKEN (read routes) or FORECAST_ADMIN_TOKEN (every route)",
+    scheme_name=READ_SCHEME,
+    description="FORECAST_READ_TOKEN, or FORECAST_ADMIN_TOKEN",
+)
+admin_bearer = HTTPBearer(
+    auto_error=False, scheme_name=ADMIN_SCHEME, description="FORECAST_ADMIN_TOKEN"
 )
 
 
@@ -111,11 +116,11 @@ def check_scope(request: Request, needed: Scope) -> None:
     tokens.check(request.headers.get("authorization"), needed)
 
 
-async def require_read(request: Request, _: object = Depends(bearer)) -> None:
+async def require_read(request: Request, _: object = Depends(read_bearer)) -> None:
     check_scope(request, "read")
 
 
-async def require_admin(request: Request, _: object = Depends(bearer)) -> None:
+async def require_admin(request: Request, _: object = Depends(admin_bearer)) -> None:
     check_scope(request, "admin")
 
 

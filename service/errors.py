@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from service.limits import BodyRefused
 
@@ -151,9 +152,24 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
     if isinstance(exc, BodyRefused):
         loc, kind = ["body"], exc.kind
     detail = [{"loc": loc, "msg": str(exc.detail), "type": kind or "http_error"}]
-    return JSONResponse(
-        status_code=exc.status_code, content={"detail": detail}, headers=exc.headers
-    )
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return JSONResponse(status_code=exc.status_code, content={"detail": detail}, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on this path. Starlette's 405 names only the first
+    route's: POST for /retrain, though GET /retrain exists too."""
+    methods: set[str] = set()
+    routes = list(request.app.router.routes)
+    while routes:
+        route = routes.pop()
+        if hasattr(route, "original_router"):  # FastAPI's wrapper of an included router
+            routes += route.original_router.routes
+        elif route.matches({**request.scope, "method": ""})[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def _handle_database_unavailable(request: Request, exc: Exception) -> JSONResponse:

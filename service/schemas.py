@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -15,8 +16,21 @@ def _as_utc(value: datetime) -> datetime:
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
-# JSON has no NaN or Infinity, but Python's parser accepts them: refuse them by field.
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+def _timestamp_text(value: object) -> object:
+    # pydantic reads a number (or a string of digits) as seconds since 1970: "2020" would be
+    # 00:33:40 on 1 January 1970. The api documents ISO 8601 text, and takes only that.
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("a timestamp is ISO 8601 text (2020-01-01 or 2020-01-01T00:00:00Z)")
+    return value
+
+
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp_text)]
+
+# JSON has no NaN or Infinity, but Python's parser accepts them: refuse them by field. Numbers
+# are strict, as the document says: false or "1.5" is not a value (an integer is).
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 
 AIR_PASSENGERS_1949_1960 = [
     112, 118, 132, 129, 121, 135, 148, 148, 136, 119, 104, 118,
@@ -34,8 +48,13 @@ AIR_PASSENGERS_1949_1960 = [
 ]  # fmt: skip
 
 
-SERIES_ID_PATTERN = r"^[\w.:@-]{1,200}$"
-SeriesId = Annotated[str, Field(pattern=SERIES_ID_PATTERN, description="Letters, digits, _.:@-")]
+# ASCII: JSON Schema's \w is ASCII, Python's and pydantic's are Unicode. With \w the document
+# promised fewer ids than the api took (schemathesis found it).
+SERIES_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,200}$"
+STORED_ID = re.compile(SERIES_ID_PATTERN)
+SeriesId = Annotated[
+    str, Field(pattern=SERIES_ID_PATTERN, description="ASCII letters, digits, _.:@-")
+]
 
 
 class SeriesInput(BaseModel):
@@ -50,7 +69,7 @@ class SeriesInput(BaseModel):
         description="Inline values, oldest first, one per period; the model reads the last "
         "input_size. Leave out to forecast the stored series with this id.",
     )
-    start: datetime | None = Field(
+    start: Timestamp | None = Field(
         default=None, description="Timestamp of history[0] (inline only); on the frequency."
     )
     freq: str | None = Field(
@@ -66,6 +85,11 @@ class SeriesInput(BaseModel):
         if self.history is None and (self.start is not None or self.freq is not None):
             raise ValueError(
                 "start and freq go with an inline history; a stored series has its own"
+            )
+        if self.history is None and not STORED_ID.match(self.id):
+            raise ValueError(
+                "a stored series id is 1 to 200 ASCII letters, digits or _.:@- (no stored series "
+                "has this id); send a history to forecast an inline series"
             )
         return self
 
@@ -89,22 +113,25 @@ class ForecastRequest(BaseModel):
     )
 
     series: list[SeriesInput] = Field(min_length=1)
-    horizon: int = Field(ge=1, description="Steps to forecast; at most the model's horizon.")
+    horizon: int = Field(
+        ge=1, strict=True, description="Steps to forecast; at most the model's horizon."
+    )
     model: str | None = Field(
         default=None,
         description="Serve every series with this model; default: the model for each "
         "series' frequency.",
     )
-    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(
+    quantiles: list[Annotated[float, Field(gt=0, lt=1, strict=True)]] | None = Field(
         default=None, description="Quantiles to return beside the point forecast, e.g. [0.1, 0.9]."
     )
-    level: list[Annotated[float, Field(gt=0, lt=100)]] | None = Field(
+    level: list[Annotated[float, Field(gt=0, lt=100, strict=True)]] | None = Field(
         default=None,
         description="Central prediction intervals in percent, e.g. [80] returns quantiles 0.1 "
         "and 0.9.",
     )
     strict: bool = Field(
         default=False,
+        strict=True,
         description="Refuse (422) a series shorter than the model's input window instead of "
         "answering it with a seasonal-naive forecast.",
     )
@@ -184,8 +211,8 @@ class SeriesOut(BaseModel):
 
 class SeriesDetail(SeriesOut):
     observation_count: int
-    first_ts: datetime | None
-    last_ts: datetime | None
+    first_ts: UtcDatetime | None
+    last_ts: UtcDatetime | None
 
 
 class SeriesPage(BaseModel):
@@ -198,12 +225,12 @@ class SeriesPage(BaseModel):
 class ObservationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ts: datetime
+    ts: Timestamp
     value: FiniteFloat
 
 
 class ObservationOut(BaseModel):
-    ts: datetime
+    ts: UtcDatetime
     value: float
 
 
@@ -299,3 +326,15 @@ class ModelInfo(LoadedModel):
 class ModelList(BaseModel):
     models: list[ModelInfo]
     refused: dict[str, str] = Field(description="Bundles not served, and why.")
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int] = Field(description="Where: body, query, path or header, then fields.")
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer has this shape, FastAPI's validation errors included."""
+
+    detail: list[ErrorDetail]

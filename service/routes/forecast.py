@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
@@ -113,7 +113,7 @@ async def forecast_stored(
     models: ModelsDep,
     serving: ServingDep,
     horizon: Annotated[int, Query(ge=1)],
-    level: Annotated[list[float] | None, Query(gt=0, lt=100)] = None,
+    level: Annotated[list[Annotated[float, Field(gt=0, lt=100)]] | None, Query()] = None,
     model: Annotated[str | None, Query(description="Default: the series' frequency's.")] = None,
 ) -> Response:
     """The forecast for one stored series, from its latest observations."""

@@ -107,7 +107,13 @@ async def queue_retrain(
     return job_out(job, request)
 
 
-@router.get("/{job_id}", response_model=RetrainJobOut, name="get_retrain_job", dependencies=[READ])
+@router.get(
+    "/{job_id}",
+    response_model=RetrainJobOut,
+    name="get_retrain_job",
+    dependencies=[READ],
+    responses={404: {"description": "No job with this id."}},
+)
 async def get_retrain_job(
     job_id: Annotated[str, Path(max_length=36)], request: Request, sessions: SessionsDep
 ) -> RetrainJobOut:

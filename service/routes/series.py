@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
@@ -24,6 +23,7 @@ from service.schemas import (
     SeriesOut,
     SeriesPage,
     SeriesPut,
+    Timestamp,
 )
 from service.timeindex import parse_frequency, same_frequency
 
@@ -158,7 +158,9 @@ def list_series(
     session: SessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1)] = 100,
-    after: Annotated[str | None, Query(description="Last id of the previous page.")] = None,
+    after: Annotated[
+        str | None, Query(pattern=SERIES_ID_PATTERN, description="Last id of the previous page.")
+    ] = None,
 ) -> SeriesPage:
     _check_page(limit, settings)
     items = repository.list_series(session, limit=limit, after=after)
@@ -187,8 +189,8 @@ def get_observations(
     series_id: SeriesIdPath,
     session: SessionDep,
     settings: SettingsDep,
-    start: datetime | None = None,
-    end: datetime | None = None,
+    start: Timestamp | None = None,
+    end: Timestamp | None = None,
     limit: Annotated[int, Query(ge=1)] = 1000,
 ) -> ObservationsPage:
     """Oldest first, ``start`` to ``end`` inclusive; next page: start = last ts + 1 period."""

@@ -109,8 +109,8 @@ def test_upsert_replaces_values_by_timestamp(client):
     assert result.json() == {"series_id": "air", "received": 2, "inserted": 1, "updated": 1}
     observations = client.get("/series/air/observations").json()["observations"]
     assert observations == [
-        {"ts": "2000-01-01T00:00:00", "value": 5.0},
-        {"ts": "2000-02-01T00:00:00", "value": 6.0},
+        {"ts": "2000-01-01T00:00:00Z", "value": 5.0},
+        {"ts": "2000-02-01T00:00:00Z", "value": 6.0},
     ]
 
 
