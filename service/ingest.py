@@ -98,19 +98,28 @@ def to_naive_utc(ts: datetime) -> datetime:
 
 
 def check_rows(ts: list[datetime], frequency: str) -> None:
-    """Every timestamp on the series' frequency, none twice in one request."""
+    """Every timestamp on the series' frequency, in time order, none twice in one request.
+    (Out of order is refused like a repeat: a file sorted wrong is usually a file read
+    wrong, and the answer should say so rather than store it.)"""
     offset = parse_frequency(frequency)
     problems: list[tuple[Loc, str]] = []
     bad = 0
     first_seen: dict[datetime, int] = {}
+    latest: datetime | None = None
     for i, stamp in enumerate(ts):
         message = None
         if stamp in first_seen:
             message = f"row {i}: ts {stamp.isoformat()} repeats row {first_seen[stamp]}"
         elif not is_on_frequency(stamp, offset):
             message = f"row {i}: ts {stamp.isoformat()} does not fall on frequency {frequency!r}"
+        elif latest is not None and stamp < latest:
+            message = (
+                f"row {i}: ts {stamp.isoformat()} comes before {latest.isoformat()} in an "
+                "earlier row; send rows oldest first"
+            )
         else:
             first_seen[stamp] = i
+            latest = stamp
         if message is not None:
             bad += 1
             if len(problems) < MAX_REPORTED:

@@ -127,8 +127,8 @@ async def upload_observations(
     serving: ServingDep,
 ) -> IngestResult:
     """Insert or replace observations by timestamp. All rows are checked first (finite values,
-    on the series' frequency, no timestamp twice); one bad row and nothing is stored. The answer
-    comes after the commit."""
+    on the series' frequency, oldest first, no timestamp twice); one bad row and nothing is
+    stored. The answer comes after the commit."""
     body = await request.body()
     content_type = request.headers.get("content-type", "")
     result = await run_in_threadpool(_ingest, sessions, settings, series_id, content_type, body)

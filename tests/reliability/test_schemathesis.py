@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.conftest import ADMIN_TOKEN, AIR_CSV, MODELS, fresh_database, start_migrated_api
-from tests.conftest import store_series
+from tests.conftest import (
+    ADMIN_TOKEN,
+    AIR_CSV,
+    MODELS,
+    fresh_database,
+    start_migrated_api,
+    store_series,
+)
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
