@@ -61,6 +61,15 @@ class Plan:
     position: int = 0  # the first forecast step's calendar position (calendar models only)
 
 
+def check_series_count(request: ForecastRequest, settings: Settings) -> None:
+    if len(request.series) > settings.max_series_per_request:
+        raise LimitExceeded(
+            f"{len(request.series)} series in one request; the limit is "
+            f"{settings.max_series_per_request} (FORECAST_MAX_SERIES_PER_REQUEST)",
+            ("body", "series"),
+        )
+
+
 def plan_request(
     request: ForecastRequest,
     models: ModelSet,
@@ -68,12 +77,7 @@ def plan_request(
     stored: dict[str, StoredWindow] | None = None,
 ) -> list[Plan]:
     """Route and check every series; raise the first problem found (its loc names it)."""
-    if len(request.series) > settings.max_series_per_request:
-        raise LimitExceeded(
-            f"{len(request.series)} series in one request; the limit is "
-            f"{settings.max_series_per_request} (FORECAST_MAX_SERIES_PER_REQUEST)",
-            ("body", "series"),
-        )
+    check_series_count(request, settings)
     named = models.named(request.model, ("body", "model")) if request.model else None
     plans = []
     for i, series in enumerate(request.series):

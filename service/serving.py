@@ -26,6 +26,7 @@ from service.forecasting import (
     Plan,
     assemble,
     by_model,
+    check_series_count,
     log_rows,
     model_inputs,
     plan_request,
@@ -55,6 +56,7 @@ class Serving:
 async def answer(request: ForecastRequest, models: ModelSet, serving: Serving) -> bytes:
     """The JSON body of the ForecastResponse for ``request``."""
     issued_at = datetime.now(UTC)  # before the windows are read: the forecast log's time
+    check_series_count(request, serving.settings)  # before any stored series is read
     small = len(request.series) <= serving.settings.inline_batch_max
     stored = None
     if any(s.is_stored for s in request.series):
