@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.errors import ModelNotReady
 from service.model_set import ModelSet
 from service.serving import Serving
+
+logger = logging.getLogger(__name__)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -37,8 +41,18 @@ async def get_serving(request: Request) -> Serving:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+    session: Session = request.app.state.sessions()
+    try:
         yield session
+    finally:
+        # This runs once the answer has started: what failed here can no longer become a
+        # 503, and raising would cut the connection mid-answer. A route commits before it
+        # answers, so all that is left is the rollback-on-close of a connection the database
+        # may have dropped meanwhile (the pool discards it).
+        try:
+            session.close()
+        except SQLAlchemyError as exc:
+            logger.warning("closing a database session failed after the answer: %s", exc)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

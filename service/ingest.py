@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from pydantic import TypeAdapter, ValidationError
 
 from service.errors import InvalidRows, LimitExceeded, Loc, UnsupportedMediaType
+from service.limits import CSV_TYPES, media_type
 from service.schemas import ObservationIn
 from service.timeindex import is_on_frequency, parse_frequency
 
@@ -21,16 +23,11 @@ MAX_REPORTED = 20
 _OBSERVATIONS = TypeAdapter(list[ObservationIn])
 
 
-def media_type(content_type: str) -> str:
-    """``application/json; charset=utf-8`` -> ``application/json``."""
-    return content_type.split(";")[0].strip().lower()
-
-
 def parse_body(content_type: str, body: bytes, max_rows: int) -> tuple[list[datetime], list[float]]:
     media = media_type(content_type)
     if media in ("application/json", ""):
         ts, values = _parse_json(body)
-    elif media in ("text/csv", "application/csv"):
+    elif media in CSV_TYPES:
         ts, values = _parse_csv(body)
     else:
         raise UnsupportedMediaType(
@@ -63,9 +60,17 @@ def _parse_json(body: bytes) -> tuple[list[datetime], list[float]]:
 
 def _parse_csv(body: bytes) -> tuple[list[datetime], list[float]]:
     try:
-        reader = csv.reader(io.StringIO(body.decode("utf-8-sig")))
+        # newline="": the csv module reads line ends itself (\r, \n or \r\n), as its docs ask.
+        reader = csv.reader(io.StringIO(body.decode("utf-8-sig"), newline=""))
     except UnicodeDecodeError as exc:
         raise InvalidRows([(("body",), f"CSV body is not UTF-8: {exc}")], total=1) from None
+    try:
+        return _read_csv(reader)
+    except csv.Error as exc:  # a NUL byte, a quote left open...
+        raise InvalidRows([(("body",), f"CSV body could not be read: {exc}")], total=1) from None
+
+
+def _read_csv(reader: Iterator[list[str]]) -> tuple[list[datetime], list[float]]:
     header = [h.strip().lower() for h in next(reader, [])]
     if header != ["ts", "value"]:
         raise InvalidRows([(("body", "header"), f"CSV header must be ts,value, got {header}")], 1)

@@ -14,6 +14,13 @@ import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+CSV_TYPES = ("text/csv", "application/csv")
+
+
+def media_type(content_type: str) -> str:
+    """``application/json; charset=utf-8`` -> ``application/json``."""
+    return content_type.split(";")[0].strip().lower()
+
 
 def too_large_message(limit: int) -> str:
     return f"request body exceeds {limit} bytes (FORECAST_MAX_BODY_BYTES)"
@@ -50,6 +57,8 @@ class JsonDepth:
 
     def feed(self, chunk: bytes) -> int:
         """Take the next chunk; return the deepest nesting seen so far."""
+        if not chunk:  # nothing to count, and an escape pending stays pending
+            return self.deepest
         kept = chunk.translate(None, _NOT_STRUCTURE)
         if b"\\" in kept or self.escaped:
             return self._count(self._outside_strings(chunk))
@@ -126,21 +135,24 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        declared, content_type = None, b""
+        declared, content_type = None, None
         for key, value in scope["headers"]:
-            if key == b"content-length":
+            # The first of each, as Starlette's Headers.get (and so every route) reads them.
+            if key == b"content-length" and declared is None:
                 declared = value
-            elif key == b"content-type":
+            elif key == b"content-type" and content_type is None:
                 content_type = value
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _reject(send, 413, too_large_message(limit), "payload_too_large")
             return
-        # uvicorn and h11 never deliver more than a declared length: count only without one.
-        counted = declared is None or not declared.isdigit()
-        depth = JsonDepth() if b"json" in content_type.lower() or not content_type else None
-        if not counted and depth is None:
-            await self.app(scope, receive, send)
-            return
+        # Every body but CSV is counted as JSON: what a route reads as JSON must be checked,
+        # and a body that is not JSON at all has no brackets to count.
+        media = media_type((content_type or b"").decode("latin-1"))
+        depth = None if media in CSV_TYPES else JsonDepth()
+        # Read as JSON by the routes. JSON between systems is UTF-8 (RFC 8259); Python's parser
+        # also takes UTF-16 and UTF-32, whose bytes the depth count can't read. A NUL byte
+        # can't be in UTF-8 JSON (in a string it is written \u0000): refuse it.
+        utf8_only = media == "" or media == "application/json" or media.endswith("+json")
         received = 0
         max_depth = self.max_json_depth
 
@@ -150,8 +162,13 @@ class BodyLimits:
             if message["type"] == "http.request":
                 body = message.get("body", b"")
                 received += len(body)
-                if counted and received > limit:
+                # Counted even with a Content-Length: not every HTTP parser holds a body to it.
+                if received > limit:
                     raise BodyRefused(413, too_large_message(limit), "payload_too_large")
+                if utf8_only and b"\x00" in body:
+                    raise BodyRefused(
+                        422, "a JSON body is UTF-8 text; it holds a NUL byte", "json_invalid"
+                    )
                 if depth is not None and depth.feed(body) > max_depth:
                     raise BodyRefused(422, too_deep_message(max_depth), "limit_exceeded")
             return message

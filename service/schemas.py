@@ -25,7 +25,8 @@ def _timestamp_text(value: object) -> object:
     return value
 
 
-_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+# One way to read any digit run: a pattern with two (\d+\.?\d*) took seconds on 8,000 digits.
+_NUMBER = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp_text)]
 
 # JSON has no NaN or Infinity, but Python's parser accepts them: refuse them by field. Numbers
@@ -86,7 +87,7 @@ class SeriesInput(BaseModel):
             raise ValueError(
                 "start and freq go with an inline history; a stored series has its own"
             )
-        if self.history is None and not STORED_ID.match(self.id):
+        if self.history is None and not STORED_ID.fullmatch(self.id):
             raise ValueError(
                 "a stored series id is 1 to 200 ASCII letters, digits or _.:@- (no stored series "
                 "has this id); send a history to forecast an inline series"

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from service.auth import READ, check_scope
 from service.deps import ModelsDep, ServingDep, get_models, get_serving
 from service.errors import ServiceError, UnsupportedMediaType
-from service.ingest import media_type
+from service.limits import media_type
 from service.schemas import (
     FORECAST_EXAMPLE,
     SERIES_ID_PATTERN,

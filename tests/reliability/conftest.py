@@ -106,6 +106,7 @@ class Load:
     timeout_s: float = 30
     outcomes: list[tuple[float, float, int]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    errors: list[tuple[float, str]] = field(default_factory=list)  # (start, transport error)
 
     def __enter__(self) -> Load:
         self.threads = [threading.Thread(target=self.loop) for _ in range(self.clients)]
@@ -124,7 +125,8 @@ class Load:
                 start = time.monotonic()
                 try:
                     status = self.request(c).status_code
-                except httpx.TransportError:
+                except httpx.TransportError as exc:
                     status = 0
+                    self.errors.append((start, repr(exc)))
                     time.sleep(0.01)
                 self.outcomes.append((start, time.monotonic(), status))

@@ -53,6 +53,7 @@ class Case:
     status: int
     says: str  # in the first detail's msg
     content_type: str = "application/json"
+    more_headers: tuple[tuple[str, str], ...] = ()
 
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -91,7 +92,28 @@ CASES = {
         "POST", "/series/m/observations", rows(["2000-01-01"]), 415, "text/csv", "application/xml"
     ),
     "a horizon of 10^9": Case("POST", "/forecast", inline(horizon="1000000000"), 422, "horizon"),
-    "not UTF-8": Case("POST", "/forecast", b'{"series": "\xff\xfe"}', 422, ""),
+    "not UTF-8": Case("POST", "/forecast", b'{"series": "\xff\xfe"}', 422, "unicode"),
+    "UTF-16 JSON": Case(
+        "PUT", "/series/m", '{"frequency": "MS"}'.encode("utf-16"), 422, "NUL byte"
+    ),
+    "JSON deep behind a second content type": Case(
+        "POST",
+        "/retrain",
+        b"[" * 5000 + b"]" * 5000,
+        422,
+        "deeper than 32",
+        more_headers=(("content-type", "text/csv"),),
+    ),
+    "a 20,000-digit timestamp (body)": Case(
+        "POST",
+        "/forecast",
+        inline().replace(b'"2000-01-01"', b'"' + b"1" * 20_000 + b'x"'),
+        422,
+        "datetime",
+    ),
+    "a 20,000-digit timestamp (query)": Case(
+        "GET", "/series/m/observations?start=" + "1" * 20_000 + "x", None, 422, "datetime"
+    ),
     "not JSON": Case("POST", "/forecast", b"{series: [", 422, "JSON"),
     "more series than the limit": Case(
         "POST",
@@ -134,7 +156,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_malformed_input_is_a_4xx_within_a_second_and_the_api_answers_after(client, name):
     case = CASES[name]
-    headers = {**ADMIN, "content-type": case.content_type}
+    headers = [*ADMIN.items(), ("content-type", case.content_type), *case.more_headers]
     started = time.monotonic()
     response = client.request(case.method, case.path, content=case.body, headers=headers)
     took = time.monotonic() - started
