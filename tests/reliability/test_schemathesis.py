@@ -37,6 +37,7 @@ def test_schemathesis_finds_no_failure(tmp_path):
                     *("--max-examples", "100", "--seed", "20261125", "--workers", "1"),
                     *("--request-timeout", "30", "--no-color"),
                 ],
+                cwd=tmp_path,  # its cache folder goes there, not into the repository
                 capture_output=True,
                 text=True,
                 timeout=600,
