@@ -231,6 +231,13 @@ def test_sigterm_under_load_finishes_requests_in_flight_and_exits_within_the_gra
                 time.sleep(3)
                 signalled = time.monotonic()
                 api.send_signal(signal.SIGTERM)
+                # uvicorn looks at its exit flag every 0.1 s, then closes its listening socket
+                # while the requests in flight finish: a new connection is refused.
+                time.sleep(0.3)
+                try:
+                    late: object = httpx.get(f"{base}/health/live", timeout=5).status_code
+                except httpx.TransportError as exc:
+                    late = type(exc).__name__
                 code = api.wait(timeout=grace_s + 20)
                 exited = time.monotonic() - signalled
         finally:
@@ -240,21 +247,18 @@ def test_sigterm_under_load_finishes_requests_in_flight_and_exits_within_the_gra
     # Sent at least 0.2 s before the signal (read by the server on loopback long before it
     # arrived) and not answered by then: in flight.
     in_flight = [(t0, t1, s) for t0, t1, s in outcomes if t0 < signalled - 0.2 and t1 > signalled]
-    # uvicorn looks at its exit flag every 0.1 s; from then on it takes no new request (1 s:
-    # margin for a loaded machine).
-    later = [s for t0, _, s in outcomes if t0 > signalled + 1]
     print(
         f"\nSIGTERM with {len(in_flight)} requests in flight (of {len(outcomes)}): statuses "
         f"{sorted(s for *_, s in in_flight)}, the last answered "
         f"{max(t1 for _, t1, _ in in_flight) - signalled:.2f} s after the signal; "
         f"exit {exited:.2f} s after it (grace {grace_s} s), code {code}; "
-        f"{len(later)} requests sent from 1 s after the signal were refused"
+        f"a new request 0.3 s after the signal: {late}"
     )
-    assert len(in_flight) >= 3
+    assert len(in_flight) >= 2
     assert all(s == 200 for *_, s in in_flight)
     assert exited < grace_s
     assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
-    assert all(s != 200 for s in later)
+    assert late == "ConnectError"
 
 
 def test_10000_random_forecasts_grow_resident_memory_less_than_5_percent(tmp_path, air_history):
