@@ -14,7 +14,7 @@ import pytest
 
 from service.config import Settings
 from service.db import migrate
-from service.limits import JsonDepth
+from service.limits import DepthGuard, JsonDepth
 from tests.conftest import ADMIN, ADMIN_TOKEN, MODELS, fresh_database, serve
 
 LIMITS = {
@@ -198,3 +198,14 @@ def test_depth_counter_matches_the_parsed_depth_for_any_chunking():
         for start, end in zip([0, *cuts], [*cuts, len(text)], strict=True):
             deepest = counter.feed(text[start:end])
         assert deepest == depth(value), (text, cuts)
+
+
+def test_depth_guard_counts_only_when_a_text_could_be_too_deep():
+    shallow, deep = b'{"a": [[1], "[[[[[[[[[["]}', b'{"a": "[[[[", "b": [[[[1]]]]}'
+    for text, limit, refused in ((shallow, 3, False), (deep, 4, True), (deep, 5, False)):
+        for size in (1, 3, len(text)):
+            guard = DepthGuard(limit)
+            chunks = [text[i : i + size] for i in range(0, len(text), size)]
+            assert any([guard.exceeded(c) for c in chunks]) is refused, (text, limit, size)
+    guard = DepthGuard(3)
+    assert not guard.exceeded(b'{"a": [[1]]}') and guard.depth is None  # never counted
