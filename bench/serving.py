@@ -42,6 +42,7 @@ from tests.conftest import (  # noqa: E402  (the tests' helpers)
     READ,
     free_port,
     fresh_database,
+    rss_mb,
     start_migrated_api,
 )
 
@@ -164,13 +165,6 @@ def process(command: list[str], url: str, log: Path, env: dict[str, str]) -> Ite
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def stored_history(i: int) -> list[float]:

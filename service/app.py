@@ -82,31 +82,32 @@ def complete_openapi(app: FastAPI, models: list[type[BaseModel]], settings: Sett
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(body.pop("$defs", {}))
                 components[model.__name__] = body
+            add_limits(components, settings)
             for operations in schema["paths"].values():
                 for operation in operations.values():
                     add_error_answers(operation)
-            add_limits(schema, settings)
+                    add_operation_limits(operation, settings)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def add_limits(schema: dict[str, Any], settings: Settings) -> None:
-    components = schema["components"]["schemas"]
+def add_limits(components: dict[str, Any], settings: Settings) -> None:
     components["ForecastRequest"]["properties"]["series"]["maxItems"] = (
         settings.max_series_per_request
     )
     for option in components["SeriesInput"]["properties"]["history"]["anyOf"]:
         if option.get("type") == "array":
             option["maxItems"] = settings.max_history_length
-    for operations in schema["paths"].values():
-        for operation in operations.values():
-            for parameter in operation.get("parameters", []):
-                if parameter["name"] == "limit":
-                    parameter["schema"]["maximum"] = settings.max_page_size
-            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
-            if body is not None and body["schema"].get("type") == "array":
-                body["schema"]["maxItems"] = settings.max_observations_per_request
+
+
+def add_operation_limits(operation: dict[str, Any], settings: Settings) -> None:
+    for parameter in operation.get("parameters", []):
+        if parameter["name"] == "limit":
+            parameter["schema"]["maximum"] = settings.max_page_size
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+    if body is not None and body["schema"].get("type") == "array":  # observation uploads
+        body["schema"]["maxItems"] = settings.max_observations_per_request
 
 
 def add_error_answers(operation: dict[str, Any]) -> None:

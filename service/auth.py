@@ -24,6 +24,7 @@ from typing import ClassVar, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
+from pydantic import SecretStr
 
 from service.config import Settings
 from service.errors import ServiceError
@@ -128,13 +129,10 @@ READ = Depends(require_read)
 ADMIN = Depends(require_admin)
 
 
-def _configured(secret: object) -> str:
+def _configured(secret: SecretStr | None) -> str:
     """A setting's token; blank counts as unset: an empty token would match a request that
     sends none (compose's ``${VAR}`` of an unset variable is the empty string)."""
-    if secret is None:
-        return ""
-    value: str = secret.get_secret_value()  # type: ignore[attr-defined]
-    return value.strip()
+    return "" if secret is None else secret.get_secret_value().strip()
 
 
 def resolve_admin_token(settings: Settings) -> str:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from service.limits import BodyRefused
 
@@ -162,14 +162,22 @@ def allowed_methods(request: Request) -> list[str]:
     """Every method some route takes on this path. Starlette's 405 names only the first
     route's: POST for /retrain, though GET /retrain exists too."""
     methods: set[str] = set()
-    routes = list(request.app.router.routes)
+    for route in every_route(request.app):
+        if route.matches({**request.scope, "method": ""})[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
+def every_route(app: FastAPI) -> list[BaseRoute]:
+    """The app's routes, those of included routers among them."""
+    found, routes = [], list(app.router.routes)
     while routes:
         route = routes.pop()
         if hasattr(route, "original_router"):  # FastAPI's wrapper of an included router
             routes += route.original_router.routes
-        elif route.matches({**request.scope, "method": ""})[0] != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+        else:
+            found.append(route)
+    return found
 
 
 async def _handle_database_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -38,7 +38,6 @@ _STRING_REST = re.compile(rb'(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"\\')
 # +1 for an opening bracket, -1 for a closing one, as signed bytes for numpy.
-_OPEN = b"[{"
 _STEP = np.zeros(256, dtype=np.int8)
 _STEP[list(b"[{")] = 1
 _STEP[list(b"]}")] = -1
@@ -62,8 +61,8 @@ class JsonDepth:
         kept = chunk.translate(None, _NOT_STRUCTURE)
         if b"\\" in kept or self.escaped:
             return self._count(self._outside_strings(chunk))
-        # No escapes: strings are what lies between quote pairs. (A regex pass costs 2-3 us on
-        # a small forecast body; this costs well under one.)
+        # No escapes: strings are what lies between quote pairs, found by translate and split
+        # at C speed (an upload of 100,000 JSON rows has 400,000 quotes for the regex).
         parts = kept.split(b'"')
         outside = parts[1::2] if self.in_string else parts[0::2]
         if len(parts) % 2 == 0:  # an odd number of quotes: a string opens or closes
@@ -92,14 +91,7 @@ class JsonDepth:
 
     def _count(self, text: bytes) -> int:
         brackets = text.translate(None, _NOT_BRACKETS)
-        if len(brackets) <= 64:  # a typical body: numpy's call costs more than the loop
-            depth, deepest = self.depth, self.deepest
-            for b in brackets:
-                depth += 1 if b in _OPEN else -1
-                if depth > deepest:
-                    deepest = depth
-            self.depth, self.deepest = depth, deepest
-        else:
+        if brackets:
             steps = np.cumsum(_STEP[np.frombuffer(brackets, dtype=np.uint8)], dtype=np.int64)
             self.deepest = max(self.deepest, self.depth + int(steps.max()))
             self.depth += int(steps[-1])

@@ -73,6 +73,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux), in MB: the benchmarks' and tests' memory figure."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
 def start_migrated_api(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     """``python -m service migrate`` with ``env`` (the database in it), then
     ``start_api_process``: how the benchmarks bring an api up."""

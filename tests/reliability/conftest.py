@@ -22,13 +22,6 @@ from tests.conftest import MODELS, free_port
 POSTGRES_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 @dataclass
 class PrivatePostgres:
     """A PostgreSQL cluster in a temporary folder, on its own port. initdb refuses to run as

@@ -12,6 +12,7 @@ import pytest
 from service.app import create_app
 from service.config import Settings
 from service.db import migrate
+from service.errors import every_route
 from tests.conftest import (
     ADMIN,
     ADMIN_TOKEN,
@@ -89,14 +90,8 @@ def expected(scope: str, token: str) -> str:
 
 def app_routes(settings: Settings) -> set[tuple[str, str]]:
     """(method, path) of every route the app serves, HEAD aside."""
-    found, routes = set(), list(create_app(settings).router.routes)
-    while routes:
-        route = routes.pop()
-        if hasattr(route, "original_router"):  # FastAPI's wrapper of an included router
-            routes += route.original_router.routes
-        else:
-            found |= {(m, route.path) for m in route.methods if m != "HEAD"}
-    return found
+    routes = every_route(create_app(settings))
+    return {(m, route.path) for route in routes for m in route.methods if m != "HEAD"}
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,12 @@ from tests.conftest import (
     AIR_CSV,
     READ,
     fresh_database,
+    rss_mb,
     start_api_process,
     start_migrated_api,
     store_series,
 )
-from tests.reliability.conftest import Load, api_env, rss_mb
+from tests.reliability.conftest import Load, api_env
 
 SERIES = [f"kill-{i}" for i in range(4)]
 BATCH_ROWS = 250
