@@ -9,8 +9,10 @@ policy of Triton's dynamic batcher with a zero queue delay, and of BentoML's ada
 
 Inference runs in its own thread pool, never on the event loop, so the loop keeps parsing and
 answering requests while the model works (onnxruntime releases the GIL). Requests are
-batched up to ``max_rows`` series; a request of more is not queued but split into one part
-per inference thread, and the parts run side by side.
+batched up to ``max_rows`` series; a request of more is not queued but cut into the model's
+chunks (64 rows on the CPU), which the inference threads take in turn as each finishes its
+last: a thread slowed by other work on its core takes fewer, so the request is not held up
+by the slower of two fixed halves.
 """
 
 from __future__ import annotations
@@ -64,15 +66,19 @@ class Batcher:
         """(B, L) windows and (B,) calendar positions -> (B, H, Q) forecasts."""
         loop = asyncio.get_running_loop()
         if len(windows) > self.max_rows:
-            # A large request is not queued: its parts run side by side, one per inference
-            # thread, so it is answered in a fraction of one thread's time.
-            parts = np.array_split(np.arange(len(windows)), min(self.threads, len(windows)))
+            # A large request is not queued: its chunks run side by side in the inference
+            # threads, so it is answered in a fraction of one thread's time.
+            size = forecaster.chunk_rows or -(-len(windows) // self.threads)
             outputs = await asyncio.gather(
                 *(
                     loop.run_in_executor(
-                        self.executor, self._run, forecaster, windows[rows], positions[rows]
+                        self.executor,
+                        self._run,
+                        forecaster,
+                        windows[start : start + size],
+                        positions[start : start + size],
                     )
-                    for rows in parts
+                    for start in range(0, len(windows), size)
                 )
             )
             return np.concatenate(outputs)

@@ -11,7 +11,7 @@ import pytest
 from service.batching import Batcher
 from service.config import Settings
 from service.forecasting import infer, plan_request
-from service.inference import load_forecaster
+from service.inference import CHUNK_ROWS, load_forecaster
 from service.model_set import load_model_set
 from service.schemas import ForecastRequest
 from tests.conftest import AIR_BUNDLE, MODELS
@@ -86,7 +86,8 @@ def test_a_failed_session_call_fails_its_requests_and_the_queue_goes_on():
     wrong = np.ones((1, size - 1), dtype=np.float32)  # onnxruntime refuses the shape
 
     async def run() -> None:
-        batcher = Batcher(threads=2, max_rows=8)
+        run_sizes: list[int] = []
+        batcher = Batcher(threads=2, max_rows=8, observe=lambda _, n, __: run_sizes.append(n))
         try:
             with pytest.raises(Exception, match=r"(?i)invalid|dimension|shape"):
                 await batcher.predict(forecaster, wrong, np.zeros(1, np.float32))
@@ -96,12 +97,14 @@ def test_a_failed_session_call_fails_its_requests_and_the_queue_goes_on():
             direct = forecaster.predict(good, np.zeros(1, np.float32))
             np.testing.assert_allclose(outputs[0], direct, rtol=1e-6)
             assert all(o.shape == direct.shape for o in outputs)
-            # Large requests bypass the queue, split over the threads, in order.
-            many = np.concatenate([good * (1 + i / 100) for i in range(20)])
-            split = await batcher.predict(forecaster, many, np.zeros(20, np.float32))
-            np.testing.assert_allclose(
-                split, forecaster.predict(many, np.zeros(20, np.float32)), rtol=1e-6
-            )
+            # Large requests bypass the queue, cut into the model's chunks, in order.
+            rows = 2 * CHUNK_ROWS + 7
+            many = np.concatenate([good * (1 + i / 100) for i in range(rows)])
+            months = np.arange(rows, dtype=np.float32) % 12
+            before = len(run_sizes)
+            split = await batcher.predict(forecaster, many, months)
+            assert sorted(run_sizes[before:]) == [7, CHUNK_ROWS, CHUNK_ROWS]
+            np.testing.assert_allclose(split, forecaster.predict(many, months), rtol=1e-5)
         finally:
             batcher.close()
 

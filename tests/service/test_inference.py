@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from service.bundle import MANIFEST_FILE, BundleError, read_bundle, sha256_file, write_bundle
-from service.inference import CPU, choose_providers, load_forecaster
+from service.inference import CHUNK_ROWS, CPU, choose_providers, load_forecaster
 from tests.conftest import AIR_BUNDLE
 
 
@@ -25,6 +25,23 @@ def test_shipped_bundle_loads_and_predicts_any_batch_size():
         out = forecaster.predict(windows, months)
         assert out.shape == (batch, m.horizon, len(m.quantiles))
         assert np.isfinite(out).all()
+
+
+def test_a_large_batch_runs_in_chunks_and_equals_one_session_call():
+    forecaster = load_forecaster(str(AIR_BUNDLE), "cpu", intra_op_threads=1)
+    m = forecaster.manifest
+    batch = 3 * CHUNK_ROWS + 5  # three whole chunks and a short one
+    windows = np.random.default_rng(0).uniform(100, 600, (batch, m.input_size)).astype(np.float32)
+    months = np.arange(batch, dtype=np.float32) % 12
+    assert forecaster.chunk_rows == CHUNK_ROWS
+    (whole,) = forecaster.session.run(None, {"y": windows, m.inputs[1].name: months})
+    chunked = forecaster.predict(windows, months)
+    assert chunked.shape == whole.shape
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-4)
+    # Each row is its own series' forecast: no chunk's rows came back in another's place.
+    np.testing.assert_allclose(
+        chunked[-1:], forecaster.predict(windows[-1:], months[-1:]), rtol=1e-5
+    )
 
 
 def test_auto_provider_is_cpu_without_cuda():
