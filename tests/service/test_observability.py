@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from service.errors import SeriesNotFound, ServiceError
 from service.observability import Metrics, RequestContext
+from service.plain_routes import PlainRoutes
 from tests.conftest import ADMIN
 
 
@@ -121,3 +127,53 @@ def test_an_unhandled_error_is_a_500_that_carries_the_request_id(caplog):
     assert response.json()["detail"][0]["type"] == "internal_error"
     logged = [r for r in caplog.records if r.name == "service.errors"]
     assert logged and "a bug" in (logged[0].exc_text or "")
+
+
+def test_a_plain_route_is_answered_before_the_router_with_the_apps_error_handlers():
+    """PlainRoutes calls its endpoints directly: the router is never reached for them, errors
+    are answered by the app's registered handlers, and unhandled ones reach RequestContext."""
+    reached_router: list[str] = []
+
+    async def forecast(request: Request) -> Response:
+        kind = request.query_params.get("fail")
+        if kind == "service":
+            raise SeriesNotFound("gone", ("body", "series", 0, "id"))
+        if kind == "bug":
+            raise RuntimeError("a bug")
+        return Response(b"{}", media_type="application/json")
+
+    async def router(scope, receive, send):
+        reached_router.append(scope["path"])
+        await Response(b"routed")(scope, receive, send)
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return JSONResponse({"detail": exc.details()}, status_code=exc.status_code)
+
+    # What PlainRoutes reads from scope["app"]: the registered handlers.
+    registered = SimpleNamespace(exception_handlers={ServiceError: handle})
+
+    async def with_app(scope, receive, send):
+        scope["app"] = registered
+        await plain(scope, receive, send)
+
+    plain = PlainRoutes(router, [Route("/forecast", forecast, methods=["POST"])])
+    app = RequestContext(with_app, Metrics(), access_log="off", plain_routes=[])
+
+    async def call() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return [
+                await client.post("/forecast"),
+                await client.post("/forecast?fail=service"),
+                await client.post("/forecast?fail=bug"),
+                await client.get("/forecast"),  # not a plain route's method: routed
+            ]
+
+    ok, handled, bug, routed = asyncio.run(call())
+    assert ok.status_code == 200 and ok.content == b"{}"
+    assert handled.status_code == 404
+    assert handled.json()["detail"][0]["loc"] == ["body", "series", 0, "id"]
+    assert bug.status_code == 500 and bug.json()["detail"][0]["type"] == "internal_error"
+    assert routed.content == b"routed"
+    assert reached_router == ["/forecast"]  # only the GET
