@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,7 +104,7 @@ class BundleManifest(BaseModel):
         default=None, description="sha256 of checkpoint.pt, when the bundle carries one."
     )
 
-    @property
+    @cached_property  # read for every forecast; the manifest does not change once loaded
     def point_quantile_index(self) -> int:
         """The output column served as the point forecast: the median, or the closest one."""
         return min(range(len(self.quantiles)), key=lambda i: abs(self.quantiles[i] - 0.5))

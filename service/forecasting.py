@@ -148,6 +148,11 @@ def check_windows(group: list[Plan], windows: np.ndarray) -> None:
     """The model inputs (B, L) of one model's plans, checked at once: finite in float32, and
     positive for models that take logs. The first bad row is named by its place."""
     m = group[0].forecaster.manifest
+    if m.input_domain == "positive":  # the usual case in two numpy calls (nan > 0 is False)
+        if windows.min(initial=np.inf) > 0 and windows.max(initial=0) < np.inf:
+            return
+    elif np.isfinite(windows).all():
+        return
     finite = np.isfinite(windows).all(axis=1)  # values beyond float32's range became inf
     positive = (windows > 0).all(axis=1) if m.input_domain == "positive" else finite
     bad = np.flatnonzero(~(finite & positive))
@@ -289,15 +294,15 @@ def assemble(
     for group, full in zip(groups, outputs, strict=True):
         m = group[0].forecaster.manifest
         output = full[:, :horizon]  # (B, horizon, Q)
-        bad = np.flatnonzero(~np.isfinite(output).all(axis=(1, 2)))
-        if bad.size:  # e.g. values near float32's limit overflow the window statistics
+        if not np.isfinite(output).all():  # e.g. values near float32's limit overflow
+            bad = np.flatnonzero(~np.isfinite(output).all(axis=(1, 2)))  # the window statistics
             raise InvalidInput(
                 "the model produced non-finite forecasts; the history's values are out of the "
                 "range it can scale",
                 ("body", "series", group[int(bad[0])].index, "history"),
             )
         columns = {f"{q:g}": _quantile_index(m.quantiles, q) for q in wanted}
-        model = ModelRef(name=m.name, version=m.version)
+        model = ModelRef.model_construct(name=m.name, version=m.version)  # the manifest's own
         point = output[:, :, m.point_quantile_index].astype(float).tolist()  # (B, horizon)
         bands = {k: output[:, :, c].astype(float).tolist() for k, c in columns.items()}
         for row, plan in enumerate(group):

@@ -99,6 +99,7 @@ def season_position(ts: datetime, freq: str) -> int:
     return (index // max(1, offset.n)) % period
 
 
+@lru_cache(maxsize=65536)  # forecasts of the same series ask about the same start again
 def is_on_frequency(ts: datetime, offset: BaseOffset) -> bool:
     return bool(offset.is_on_offset(pd.Timestamp(ts)))
 
