@@ -109,3 +109,37 @@ def test_a_failed_session_call_fails_its_requests_and_the_queue_goes_on():
             batcher.close()
 
     asyncio.run(run())
+
+
+def test_every_queued_request_is_answered_with_its_own_rows_under_churn():
+    """Waves of concurrent requests of 1 to 5 rows, some arriving while the inference thread
+    drains the queue: each gets exactly its rows' forecasts, and the queue ends idle."""
+    forecaster = load_forecaster(str(AIR_BUNDLE), "cpu", 1)
+    size = forecaster.manifest.input_size
+    rng = np.random.default_rng(3)
+
+    async def run() -> None:
+        batcher = Batcher(threads=2, max_rows=16)
+        try:
+            for _ in range(20):
+                requests = [
+                    rng.uniform(100, 600, (int(rng.integers(1, 6)), size)).astype(np.float32)
+                    for _ in range(int(rng.integers(1, 40)))
+                ]
+                months = [np.arange(len(r), dtype=np.float32) % 12 for r in requests]
+
+                async def one(windows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+                    await asyncio.sleep(float(rng.uniform(0, 0.002)))  # staggered arrivals
+                    return await batcher.predict(forecaster, windows, positions)
+
+                # A queue left busy with no thread draining it would never answer: fail.
+                outputs = await asyncio.wait_for(asyncio.gather(*map(one, requests, months)), 30)
+                for windows, positions, output in zip(requests, months, outputs, strict=True):
+                    np.testing.assert_allclose(
+                        output, forecaster.predict(windows, positions), rtol=1e-5
+                    )
+            assert all(not q.busy and not q.pending for q in batcher.queues.values())
+        finally:
+            batcher.close()
+
+    asyncio.run(run())
