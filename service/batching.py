@@ -37,6 +37,8 @@ from service.inference import Forecaster
 
 logger = logging.getLogger(__name__)
 
+DRAIN_SLICE_S = 0.02  # how long one drain keeps an inference thread while others may wait
+
 # Called after every session run with (model name, rows, seconds): the metrics hook.
 RunObserver = Callable[[str, int, float], None]
 
@@ -121,8 +123,11 @@ class Batcher:
     def _drain(
         self, forecaster: Forecaster, queue: _ModelQueue, loop: asyncio.AbstractEventLoop
     ) -> None:
-        """In an inference thread: run batches until the queue is empty."""
+        """In an inference thread: run batches until the queue is empty, or for a time slice
+        at most; then the drain goes to the back of the executor's queue, so other models'
+        drains and large requests' chunks are not kept waiting by a model that stays busy."""
         batch: list[_Pending] = []
+        began = time.perf_counter()
         try:
             while batch := self._take(queue):
                 try:
@@ -132,6 +137,9 @@ class Batcher:
                 except Exception as exc:  # every request of the batch gets the error
                     output = exc
                 loop.call_soon_threadsafe(_deliver, batch, output)
+                if time.perf_counter() - began > DRAIN_SLICE_S:
+                    self.executor.submit(self._drain, forecaster, queue, loop)  # still busy
+                    return
         except BaseException as exc:  # a bug here (or the loop closed): fail what waits
             logger.exception("inference queue of %s stopped", forecaster.manifest.name)
             with queue.lock:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from service import batching
 from service.batching import Batcher
 from service.config import Settings
 from service.forecasting import infer, plan_request
@@ -111,9 +112,12 @@ def test_a_failed_session_call_fails_its_requests_and_the_queue_goes_on():
     asyncio.run(run())
 
 
-def test_every_queued_request_is_answered_with_its_own_rows_under_churn():
+@pytest.mark.parametrize("slice_s", [batching.DRAIN_SLICE_S, 0.0])
+def test_every_queued_request_is_answered_with_its_own_rows_under_churn(slice_s, monkeypatch):
     """Waves of concurrent requests of 1 to 5 rows, some arriving while the inference thread
-    drains the queue: each gets exactly its rows' forecasts, and the queue ends idle."""
+    drains the queue: each gets exactly its rows' forecasts, and the queue ends idle. With a
+    zero time slice every batch hands the drain back to the executor's queue."""
+    monkeypatch.setattr(batching, "DRAIN_SLICE_S", slice_s)
     forecaster = load_forecaster(str(AIR_BUNDLE), "cpu", 1)
     size = forecaster.manifest.input_size
     rng = np.random.default_rng(3)
