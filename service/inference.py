@@ -82,14 +82,15 @@ class Forecaster:
                 raise ValueError(f"model {self.manifest.name!r} reads {self.manifest.covariates}")
             feed[covariate_specs[0].name] = positions.astype(np.float32, copy=False)
         output_name = self.manifest.outputs[0].name
-        if len(windows) <= CHUNK_ROWS or self.provider != CPU:
+        # Small batches never ask for the provider (a call into onnxruntime) at all.
+        chunk = self.chunk_rows if len(windows) > CHUNK_ROWS else None
+        if chunk is None:
             return np.asarray(self.session.run([output_name], feed)[0])
         parts = [
             self.session.run(
-                [output_name],
-                {name: part[start : start + CHUNK_ROWS] for name, part in feed.items()},
+                [output_name], {name: part[start : start + chunk] for name, part in feed.items()}
             )[0]
-            for start in range(0, len(windows), CHUNK_ROWS)
+            for start in range(0, len(windows), chunk)
         ]
         return np.concatenate(parts)
 
