@@ -91,7 +91,10 @@ class WindowCache:
             if not self.enabled or read_generation < self.floor:
                 return
             for sid, window in windows.items():
-                if self.changed_at.get(sid, -1) >= read_generation:
+                # A change stamped with the read's generation came before the read began
+                # (both are taken under the lock), so the read saw it; only a later one
+                # may have been missed.
+                if self.changed_at.get(sid, -1) > read_generation:
                     continue  # changed while it was being read: the read may be stale
                 self.windows[sid] = (size, window)
                 self.windows.move_to_end(sid)

@@ -52,6 +52,24 @@ def test_a_read_that_raced_a_change_is_not_cached():
     assert len(cache) == 0 and cache.get(["d"], 60) == ({}, ["d"])
 
 
+def test_a_read_begun_after_the_latest_change_is_cached():
+    """The series changed last is cached like the others: only a change stamped after its
+    read began makes a fill stale (it was refused once, so the series uploaded last, often
+    the next one asked for, went to the database on every request)."""
+    cache = WindowCache(max_series=10)
+    cache.set_enabled(True)
+    cache.confirm_alive(60)
+    cache.invalidate("a")
+    cache.invalidate("b")  # the latest change of all
+    cache.fill({"a": window("a", 24), "b": window("b", 24)}, 24, cache.begin_read())
+    hits, missing = cache.get(["a", "b"], 24)
+    assert sorted(hits) == ["a", "b"] and missing == []
+    started = cache.begin_read()
+    cache.invalidate("b")  # during the next read: that fill of b is stale, a's is not
+    cache.fill({"a": window("a", 24), "b": window("b", 24)}, 24, started)
+    assert cache.get(["a", "b"], 24)[1] == ["b"]
+
+
 @pytest.fixture(autouse=True)
 def _empty_tables_after_each_test() -> None:
     """These tests bring their own database (postgres_url): nothing shared to empty, and no
