@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import psycopg
 from pydantic_core import to_json
-from sqlalchemy import String, any_, bindparam, delete, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from service.db.tables import ForecastLog, Observation, Series
@@ -256,15 +258,18 @@ def record_forecasts(session: Session, *, rows: list[dict[str, object]]) -> int:
     ids = {str(row["series_id"]) for row in rows}
     if not ids:
         return 0
-    query = select(Series.id, Series.created_at)
     if session.get_bind().dialect.name == "postgresql":
-        # One array parameter: a 1,000-id IN list took 8 ms to compile and send, this 3.5 ms.
-        ids_param = bindparam("ids", list(ids), type_=postgresql.ARRAY(String))
-        query = query.where(Series.id == any_(ids_param))
-        query = query.with_for_update(read=True, key_share=True)  # FOR KEY SHARE
+        # One array parameter and the rows as tuples, through psycopg itself: for 1,000 ids
+        # 2.7 ms of CPU against 4.3 ms through SQLAlchemy's statement and result handling
+        # (the log's writer shares the GIL with the event loop).
+        with _driver(session).cursor() as cursor:
+            cursor.execute(
+                "SELECT id, created_at FROM series WHERE id = ANY(%s) FOR KEY SHARE", [list(ids)]
+            )
+            created: dict[str, datetime] = dict(cursor.fetchall())
     else:
-        query = query.where(Series.id.in_(ids))
-    created = {sid: _utc(at) for sid, at in session.execute(query)}
+        query = select(Series.id, Series.created_at).where(Series.id.in_(ids))
+        created = {sid: _utc(at) for sid, at in session.execute(query)}
     kept = [
         row
         for row in rows
@@ -299,26 +304,51 @@ def _copy_forecasts_postgresql(session: Session, rows: list[dict[str, object]]) 
     psycopg's per-value adaptation, which matters because the log is written by a thread that
     shares the GIL with the event loop (a 1,000-series forecast is 1,000 rows). The JSON
     columns are written by pydantic's serializer (Rust): 4 ms for 1,000 rows of 18 steps
-    against 13 ms with the json module and float reprs."""
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
+    against 13 ms with the json module and float reprs; what a request's rows share, once."""
     columns = ", ".join(f'"{c}"' for c in FORECAST_LOG_COLUMNS)
     lines = []
+    # The fields a request's rows share, and their target timestamps (a request's series
+    # mostly end together), are written once. With the check above through psycopg, logging
+    # 1,000 rows took 10 ms of the writer's CPU, against 17 before.
+    head: dict[tuple[object, ...], str] = {}
+    written: dict[tuple[object, ...], str] = {}  # target timestamps -> their JSON
     for row in rows:
-        issued = row["issued_at"]
-        assert isinstance(issued, datetime)
+        key = (row["model_name"], row["model_version"], row["issued_at"], row["horizon"])
+        if (shared := head.get(key)) is None:
+            issued = row["issued_at"]
+            assert isinstance(issued, datetime)
+            shared = head[key] = "\t".join(
+                (
+                    _copy_text(str(row["model_name"])),
+                    _copy_text(str(row["model_version"])),
+                    issued.isoformat(),
+                    str(row["horizon"]),
+                )
+            )
+        target = row["target_ts"]
+        assert isinstance(target, list)
+        steps = tuple(target)
+        if (labels := written.get(steps)) is None:
+            labels = written[steps] = _copy_text(to_json(steps).decode())
         fields = (
             _copy_text(str(row["series_id"])),
-            _copy_text(str(row["model_name"])),
-            _copy_text(str(row["model_version"])),
-            issued.isoformat(),
-            str(row["horizon"]),
-            _copy_text(to_json(row["target_ts"]).decode()),
+            shared,
+            labels,
             to_json(row["values"]).decode(),  # finite floats: digits, signs, dots and "e"
         )
         lines.append("\t".join(fields))
-    with raw.cursor() as cursor, cursor.copy(f"COPY forecasts ({columns}) FROM STDIN") as copy:
+    with (
+        _driver(session).cursor() as cursor,
+        cursor.copy(f"COPY forecasts ({columns}) FROM STDIN") as copy,
+    ):
         copy.write("\n".join(lines) + "\n")
+
+
+def _driver(session: Session) -> psycopg.Connection[Any]:
+    """The psycopg connection under the session's, in its transaction."""
+    raw = session.connection().connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    return raw
 
 
 def _copy_text(value: str) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
+from service.db import repository
 from tests.conftest import AIR_CSV
 
 
@@ -260,6 +263,36 @@ def test_every_stored_forecast_is_logged_with_its_model_version(client, air_csv,
         target_ts, values = json.loads(target_ts), json.loads(values)
     assert row[:4] == ("air", served["model"]["name"], served["model"]["version"], 6)
     assert target_ts == served["timestamps"] and values == served["values"]
+
+
+def test_the_log_skips_forecasts_of_series_deleted_or_created_again_since(client, database_url):
+    """The log is written after the fact: a row whose series is gone, or was created again
+    after the forecast was issued, is not that series' and is skipped; the rest are kept."""
+    for sid in ("kept", "gone", "again"):
+        assert put(client, sid).status_code in (200, 201)
+    issued = datetime.now(UTC)
+    time.sleep(0.01)
+    client.delete("/series/gone")
+    client.delete("/series/again")
+    put(client, "again")  # created after the forecast was issued
+    row = {"model_name": "m", "model_version": "1", "issued_at": issued, "horizon": 2}
+    rows = [
+        row | {"series_id": sid, "target_ts": ["2000-01-01", "2000-02-01"], "values": [1.5, -2.0]}
+        for sid in ("kept", "gone", "again", "kept")
+    ]
+    engine = create_engine(database_url)
+    try:
+        with Session(engine) as session:
+            assert repository.record_forecasts(session, rows=rows) == 2
+        with engine.connect() as connection:
+            logged = connection.execute(
+                text('SELECT series_id, horizon, "values" FROM forecasts')
+            ).all()
+    finally:
+        engine.dispose()
+    values = [json.loads(v) if isinstance(v, str) else v for _, _, v in logged]
+    assert [(sid, h) for sid, h, _ in logged] == [("kept", 2), ("kept", 2)]
+    assert values == [[1.5, -2.0], [1.5, -2.0]]
 
 
 def test_stored_series_shorter_than_the_window_gets_seasonal_naive_or_422_when_strict(client):
