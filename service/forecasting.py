@@ -47,7 +47,7 @@ from service.timeindex import (
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per series, in an eighth of the time
 class Plan:
     """How one series of the request is answered."""
 
@@ -79,15 +79,37 @@ def plan_request(
     """Route and check every series; raise the first problem found (its loc names it)."""
     check_series_count(request, settings)
     named = models.named(request.model, ("body", "model")) if request.model else None
+    routes: Routes = {}
     plans = []
     for i, series in enumerate(request.series):
         loc: Loc = ("body", "series", i)
         if series.is_stored:
             window = (stored or {})[series.id]
-            plans.append(_plan_stored(i, window, request, models, named, loc))
+            plans.append(_plan_stored(i, window, request, models, named, routes, loc))
         else:
-            plans.append(_plan_inline(i, series, request, models, named, settings, loc))
+            plans.append(_plan_inline(i, series, request, models, named, routes, settings, loc))
     return plans
+
+
+# A request's routes by frequency: the answer depends on nothing else of the series, so a
+# request of 1,000 series of one frequency routes once.
+Routes = dict[str | None, tuple[Forecaster, str]]
+
+
+def _routed(
+    freq: str | None,
+    request: ForecastRequest,
+    models: ModelSet,
+    named: Forecaster | None,
+    routes: Routes,
+    loc: Loc,
+) -> tuple[Forecaster, str]:
+    """``_route``, once per frequency of a request (a refusal is raised at the first series
+    of that frequency, so ``loc`` names it)."""
+    found = routes.get(freq)
+    if found is None:
+        found = routes[freq] = _route(freq, request, models, named, loc)
+    return found
 
 
 def _route(
@@ -175,12 +197,13 @@ def _plan_inline(
     request: ForecastRequest,
     models: ModelSet,
     named: Forecaster | None,
+    routes: Routes,
     settings: Settings,
     loc: Loc,
 ) -> Plan:
     history, start = series.history or [], series.start
     assert start is not None  # SeriesInput guarantees it for inline series
-    forecaster, freq = _route(series.freq, request, models, named, (*loc, "freq"))
+    forecaster, freq = _routed(series.freq, request, models, named, routes, (*loc, "freq"))
     if not is_on_frequency(start, parse_frequency(freq)):
         raise InvalidInput(
             f"start {start.isoformat()} does not fall on frequency {freq!r}", (*loc, "start")
@@ -206,9 +229,10 @@ def _plan_stored(
     request: ForecastRequest,
     models: ModelSet,
     named: Forecaster | None,
+    routes: Routes,
     loc: Loc,
 ) -> Plan:
-    forecaster, freq = _route(window.frequency, request, models, named, (*loc, "id"))
+    forecaster, freq = _routed(window.frequency, request, models, named, routes, (*loc, "id"))
     n = len(window.values)
     if n == 0:
         raise HistoryTooShort(
