@@ -107,9 +107,10 @@ class WindowCache:
             self.windows.pop(series_id, None)
             self.changed_at[series_id] = self.generation
             if len(self.changed_at) > self.MAX_TRACKED_CHANGES:
-                # Forget the stamps, and with them every read begun before now.
+                # Forget the stamps, and with them every read begun before now (one begun at
+                # this generation came after this change, as in fill).
                 self.changed_at.clear()
-                self.floor = self.generation + 1
+                self.floor = self.generation
 
     def confirm_alive(self, for_s: float) -> None:
         """The listener's connection answered just now: serve for ``for_s`` more seconds."""

@@ -68,6 +68,15 @@ def test_a_read_begun_after_the_latest_change_is_cached():
     cache.invalidate("b")  # during the next read: that fill of b is stale, a's is not
     cache.fill({"a": window("a", 24), "b": window("b", 24)}, 24, started)
     assert cache.get(["a", "b"], 24)[1] == ["b"]
+    # Past MAX_TRACKED_CHANGES the stamps are forgotten: reads begun before are refused,
+    # and one begun after is cached (not refused until some other series changes).
+    cache.MAX_TRACKED_CHANGES = 2
+    before = cache.begin_read()
+    cache.invalidate("c")  # the third stamp: all are forgotten
+    cache.fill({"c": window("c", 24)}, 24, before)
+    assert cache.get(["c"], 24)[1] == ["c"]
+    cache.fill({"c": window("c", 24)}, 24, cache.begin_read())
+    assert cache.get(["c"], 24)[1] == []
 
 
 @pytest.fixture(autouse=True)
