@@ -17,6 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+import psycopg
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +25,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import repository
 
 logger = logging.getLogger(__name__)
+
+# What a write can fail with that may pass later (connection lost, server down, a lock or
+# statement timeout): SQLAlchemy's, and psycopg's own, since on PostgreSQL the log's check
+# and COPY go to psycopg directly and SQLAlchemy does not wrap those errors.
+TRANSIENT = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeout,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 
 class ForecastRecorder:
@@ -97,7 +109,7 @@ class ForecastRecorder:
             waiting -= len(chunk)
             try:
                 await asyncio.to_thread(self._write, chunk)
-            except (OperationalError, InterfaceError, PoolTimeout) as exc:
+            except TRANSIENT as exc:
                 logger.warning(
                     "could not write %d forecast log rows, will retry: %s", len(chunk), exc
                 )

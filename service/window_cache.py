@@ -19,7 +19,8 @@ does not deliver them (point DATABASE_URL at PostgreSQL or a session-mode pool).
 
 A read that started before a change must not put the old window back after the change has
 been invalidated: each invalidation is stamped with a generation number, and a fill is kept
-only for series not invalidated since its read began.
+only for series not invalidated since its read began. This relies on invalidating only after
+the change has committed (both paths above do), so that a read begun after the stamp sees it.
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from service.db import repository
+from service.db.tables import ForecastLog
 from tests.conftest import AIR_CSV
 
 
@@ -267,32 +268,47 @@ def test_every_stored_forecast_is_logged_with_its_model_version(client, air_csv,
 
 def test_the_log_skips_forecasts_of_series_deleted_or_created_again_since(client, database_url):
     """The log is written after the fact: a row whose series is gone, or was created again
-    after the forecast was issued, is not that series' and is skipped; the rest are kept."""
-    for sid in ("kept", "gone", "again"):
-        assert put(client, sid).status_code in (200, 201)
+    after the forecast was issued, is not that series' and is skipped; the rest are written
+    as given (the COPY text shares fields between rows and escapes tabs and backslashes)."""
+    for sid in ("kept", "gone", "again", "other"):
+        assert put(client, sid).status_code == 201
     issued = datetime.now(UTC)
     time.sleep(0.01)
-    client.delete("/series/gone")
-    client.delete("/series/again")
-    put(client, "again")  # created after the forecast was issued
-    row = {"model_name": "m", "model_version": "1", "issued_at": issued, "horizon": 2}
-    rows = [
-        row | {"series_id": sid, "target_ts": ["2000-01-01", "2000-02-01"], "values": [1.5, -2.0]}
-        for sid in ("kept", "gone", "again", "kept")
-    ]
+    assert client.delete("/series/gone").status_code == 204
+    assert client.delete("/series/again").status_code == 204
+    assert put(client, "again").status_code == 201  # created after the forecast was issued
+    first = {"model_name": "m\tx\\y", "model_version": "1", "issued_at": issued, "horizon": 2}
+    second = first | {"model_version": "2", "horizon": 1}
+    steps = {"target_ts": ["2000-01-01", "2000-02-01"], "values": [1.5, -2.0]}
+    rows = [first | steps | {"series_id": sid} for sid in ("kept", "gone", "again", "other")]
+    rows.append(second | {"series_id": "kept", "target_ts": ["2001-01-01"], "values": [3.25]})
     engine = create_engine(database_url)
     try:
         with Session(engine) as session:
-            assert repository.record_forecasts(session, rows=rows) == 2
+            assert repository.record_forecasts(session, rows=rows) == 3
         with engine.connect() as connection:
             logged = connection.execute(
-                text('SELECT series_id, horizon, "values" FROM forecasts')
+                select(
+                    ForecastLog.series_id,
+                    ForecastLog.model_name,
+                    ForecastLog.model_version,
+                    ForecastLog.issued_at,
+                    ForecastLog.horizon,
+                    ForecastLog.target_ts,
+                    ForecastLog.values,
+                ).order_by(ForecastLog.id)
             ).all()
     finally:
         engine.dispose()
-    values = [json.loads(v) if isinstance(v, str) else v for _, _, v in logged]
-    assert [(sid, h) for sid, h, _ in logged] == [("kept", 2), ("kept", 2)]
-    assert values == [[1.5, -2.0], [1.5, -2.0]]
+    decoded = [
+        (*row[:3], row[3].replace(tzinfo=UTC) if row[3].tzinfo is None else row[3], *row[4:])
+        for row in logged  # SQLite hands the time back naive (stored in UTC)
+    ]
+    assert decoded == [
+        ("kept", "m\tx\\y", "1", issued, 2, steps["target_ts"], steps["values"]),
+        ("other", "m\tx\\y", "1", issued, 2, steps["target_ts"], steps["values"]),
+        ("kept", "m\tx\\y", "2", issued, 1, ["2001-01-01"], [3.25]),
+    ]
 
 
 def test_stored_series_shorter_than_the_window_gets_seasonal_naive_or_422_when_strict(client):
