@@ -79,37 +79,32 @@ def plan_request(
     """Route and check every series; raise the first problem found (its loc names it)."""
     check_series_count(request, settings)
     named = models.named(request.model, ("body", "model")) if request.model else None
-    routes: Routes = {}
+    route = _Router(request, models, named)
     plans = []
     for i, series in enumerate(request.series):
         loc: Loc = ("body", "series", i)
         if series.is_stored:
             window = (stored or {})[series.id]
-            plans.append(_plan_stored(i, window, request, models, named, routes, loc))
+            plans.append(_plan_stored(i, window, request, route, loc))
         else:
-            plans.append(_plan_inline(i, series, request, models, named, routes, settings, loc))
+            plans.append(_plan_inline(i, series, request, route, settings, loc))
     return plans
 
 
-# A request's routes by frequency: the answer depends on nothing else of the series, so a
-# request of 1,000 series of one frequency routes once.
-Routes = dict[str | None, tuple[Forecaster, str]]
+class _Router:
+    """A request's ``_route``, once per frequency: the answer depends on nothing else of the
+    series, so a request of 1,000 series of one frequency routes once (a refusal is raised
+    at the first series of that frequency, so its loc names it)."""
 
+    def __init__(self, request: ForecastRequest, models: ModelSet, named: Forecaster | None):
+        self.request, self.models, self.named = request, models, named
+        self.routes: dict[str | None, tuple[Forecaster, str]] = {}
 
-def _routed(
-    freq: str | None,
-    request: ForecastRequest,
-    models: ModelSet,
-    named: Forecaster | None,
-    routes: Routes,
-    loc: Loc,
-) -> tuple[Forecaster, str]:
-    """``_route``, once per frequency of a request (a refusal is raised at the first series
-    of that frequency, so ``loc`` names it)."""
-    found = routes.get(freq)
-    if found is None:
-        found = routes[freq] = _route(freq, request, models, named, loc)
-    return found
+    def __call__(self, freq: str | None, loc: Loc) -> tuple[Forecaster, str]:
+        found = self.routes.get(freq)
+        if found is None:
+            found = self.routes[freq] = _route(freq, self.request, self.models, self.named, loc)
+        return found
 
 
 def _route(
@@ -195,15 +190,13 @@ def _plan_inline(
     index: int,
     series: SeriesInput,
     request: ForecastRequest,
-    models: ModelSet,
-    named: Forecaster | None,
-    routes: Routes,
+    route: _Router,
     settings: Settings,
     loc: Loc,
 ) -> Plan:
     history, start = series.history or [], series.start
     assert start is not None  # SeriesInput guarantees it for inline series
-    forecaster, freq = _routed(series.freq, request, models, named, routes, (*loc, "freq"))
+    forecaster, freq = route(series.freq, (*loc, "freq"))
     if not is_on_frequency(start, parse_frequency(freq)):
         raise InvalidInput(
             f"start {start.isoformat()} does not fall on frequency {freq!r}", (*loc, "start")
@@ -227,12 +220,10 @@ def _plan_stored(
     index: int,
     window: StoredWindow,
     request: ForecastRequest,
-    models: ModelSet,
-    named: Forecaster | None,
-    routes: Routes,
+    route: _Router,
     loc: Loc,
 ) -> Plan:
-    forecaster, freq = _routed(window.frequency, request, models, named, routes, (*loc, "id"))
+    forecaster, freq = route(window.frequency, (*loc, "id"))
     n = len(window.values)
     if n == 0:
         raise HistoryTooShort(
