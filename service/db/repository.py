@@ -195,6 +195,19 @@ def read_observations(
     return list(session.scalars(query.order_by(Observation.ts).limit(limit)))
 
 
+# Series rows by a list of ids on PostgreSQL, as a join on the unnested array: each id is
+# looked up once (a hash or the primary key), whatever the plan. psycopg prepares a statement
+# at its sixth run on a connection, and PostgreSQL plans it generically from the eleventh,
+# for ten ids: as a filter (``id = ANY(array)``) on a table of 1,000 series that plan scans
+# them all and compares each with every id, and the forecast log's check of 1,000 ids took
+# 12-18 ms of the server's CPU instead of 2.5. ``IN`` with 1,000 bound values took 7-9 ms,
+# statement building included, against 2 ms for the join.
+SERIES_BY_IDS = (
+    "SELECT {columns} FROM unnest(CAST({ids} AS varchar[])) AS ids(id) "
+    "JOIN series s ON s.id = ids.id {lock}"
+)
+
+
 def latest_windows(
     session: Session, *, series_ids: Sequence[str], size: int
 ) -> dict[str, StoredWindow]:
@@ -204,16 +217,21 @@ def latest_windows(
     other databases use a window function. Unknown ids raise SeriesNotFound (the first one).
     """
     unique_ids = list(dict.fromkeys(series_ids))
-    frequencies = {
-        sid: freq
-        for sid, freq in session.execute(
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    if postgresql:  # a join on the ids, not IN (...): see SERIES_BY_IDS
+        found = session.execute(
+            text(SERIES_BY_IDS.format(columns="s.id, s.frequency", ids=":ids", lock="")),
+            {"ids": unique_ids},
+        )
+    else:
+        found = session.execute(
             select(Series.id, Series.frequency).where(Series.id.in_(unique_ids))
         )
-    }
+    frequencies: dict[str, str] = {sid: freq for sid, freq in found}
     missing = [sid for sid in unique_ids if sid not in frequencies]
     if missing:
         raise SeriesNotFound(missing[0])
-    if session.get_bind().dialect.name == "postgresql":
+    if postgresql:
         rows = session.execute(
             text(
                 "SELECT ids.id, w.ts, w.value FROM unnest(CAST(:ids AS varchar[])) AS ids(id) "
@@ -262,10 +280,11 @@ def record_forecasts(session: Session, *, rows: list[dict[str, object]]) -> int:
         # One array parameter and the rows as tuples, through psycopg itself: for 1,000 ids
         # 2.7 ms of CPU against 4.3 ms through SQLAlchemy's statement and result handling
         # (the log's writer shares the GIL with the event loop).
+        check = SERIES_BY_IDS.format(
+            columns="s.id, s.created_at", ids="%s", lock="FOR KEY SHARE OF s"
+        )
         with _driver(session).cursor() as cursor:
-            cursor.execute(
-                "SELECT id, created_at FROM series WHERE id = ANY(%s) FOR KEY SHARE", [list(ids)]
-            )
+            cursor.execute(check, [list(ids)])
             created: dict[str, datetime] = dict(cursor.fetchall())
     else:
         query = select(Series.id, Series.created_at).where(Series.id.in_(ids))
