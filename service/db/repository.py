@@ -206,6 +206,12 @@ SERIES_BY_IDS = (
     "SELECT {columns} FROM unnest(CAST({ids} AS varchar[])) AS ids(id) "
     "JOIN series s ON s.id = ids.id {lock}"
 )
+# The window read's frequencies (through SQLAlchemy) and the forecast log's check, which
+# locks the series until its rows are in (through psycopg).
+FREQUENCIES_BY_IDS = text(SERIES_BY_IDS.format(columns="s.id, s.frequency", ids=":ids", lock=""))
+CREATED_BY_IDS_LOCKED = SERIES_BY_IDS.format(
+    columns="s.id, s.created_at", ids="%s", lock="FOR KEY SHARE OF s"
+)
 
 
 def latest_windows(
@@ -219,10 +225,7 @@ def latest_windows(
     unique_ids = list(dict.fromkeys(series_ids))
     postgresql = session.get_bind().dialect.name == "postgresql"
     if postgresql:  # a join on the ids, not IN (...): see SERIES_BY_IDS
-        found = session.execute(
-            text(SERIES_BY_IDS.format(columns="s.id, s.frequency", ids=":ids", lock="")),
-            {"ids": unique_ids},
-        )
+        found = session.execute(FREQUENCIES_BY_IDS, {"ids": unique_ids})
     else:
         found = session.execute(
             select(Series.id, Series.frequency).where(Series.id.in_(unique_ids))
@@ -280,11 +283,8 @@ def record_forecasts(session: Session, *, rows: list[dict[str, object]]) -> int:
         # One array parameter and the rows as tuples, through psycopg itself: for 1,000 ids
         # 2.7 ms of CPU against 4.3 ms through SQLAlchemy's statement and result handling
         # (the log's writer shares the GIL with the event loop).
-        check = SERIES_BY_IDS.format(
-            columns="s.id, s.created_at", ids="%s", lock="FOR KEY SHARE OF s"
-        )
         with _driver(session).cursor() as cursor:
-            cursor.execute(check, [list(ids)])
+            cursor.execute(CREATED_BY_IDS_LOCKED, [list(ids)])
             created: dict[str, datetime] = dict(cursor.fetchall())
     else:
         query = select(Series.id, Series.created_at).where(Series.id.in_(ids))

@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 
 from service.db import migrate, repository
 from service.db.session import build_sessionmaker
@@ -61,12 +61,19 @@ def test_rows_wait_for_the_next_flush_when_the_series_check_times_out(tmp_path):
             engine.dispose()
 
 
+def generic_plan(connection: Connection, query: str) -> str:
+    """EXPLAIN of ``query`` (one parameter: an array of ids) as PostgreSQL plans it once a
+    prepared statement goes generic (forced by the caller's plan_cache_mode)."""
+    connection.exec_driver_sql(f"PREPARE q AS {query}")
+    plan = connection.exec_driver_sql("EXPLAIN EXECUTE q(CAST(ARRAY['s1', 's2'] AS varchar[]))")
+    lines = "\n".join(plan.scalars())
+    connection.exec_driver_sql("DEALLOCATE q")
+    return lines
+
+
 def test_series_are_found_by_id_with_a_join_not_an_array_filter_in_a_generic_plan(tmp_path):
-    """The log's check and the window read look series up by a list of ids. psycopg prepares
-    a statement at its sixth run and PostgreSQL plans it generically from the eleventh, for
-    ten ids: as ``id = ANY($1)`` on a table of 1,000 series that plan scans them all and
-    compares each with every id (12-18 ms of the server's CPU for 1,000 ids, against 2.5).
-    The join looks each id up once (a hash or the primary key) whatever the plan."""
+    """Why the lookups by a list of ids are joins: repository.SERIES_BY_IDS. On 1,000 series
+    the generic plan of ``id = ANY($1)`` is a scan comparing each row with every id."""
     with fresh_database("postgresql", tmp_path) as url:
         migrate.upgrade(url)
         engine = create_engine(url)
@@ -79,25 +86,17 @@ def test_series_are_found_by_id_with_a_join_not_an_array_filter_in_a_generic_pla
                     )
                 )
                 connection.execute(text("ANALYZE series"))
-            plans = {}
             with engine.connect() as connection:
                 connection.execute(text("SET plan_cache_mode = force_generic_plan"))
-                for lock in ("", "FOR KEY SHARE OF s"):
-                    query = repository.SERIES_BY_IDS.format(columns="s.id", ids="$1", lock=lock)
-                    connection.exec_driver_sql(f"PREPARE q AS {query}")
-                    plans[lock] = "\n".join(
-                        connection.exec_driver_sql(
-                            "EXPLAIN EXECUTE q(CAST(ARRAY['s1', 's2'] AS varchar[]))"
-                        ).scalars()
+                plans = {
+                    lock: generic_plan(
+                        connection,
+                        repository.SERIES_BY_IDS.format(columns="s.id", ids="$1", lock=lock),
                     )
-                    connection.exec_driver_sql("DEALLOCATE q")
+                    for lock in ("", "FOR KEY SHARE OF s")
+                }
                 # The filter form, for contrast: its generic plan is the scan the join avoids.
-                connection.exec_driver_sql("PREPARE q AS SELECT id FROM series WHERE id = ANY($1)")
-                contrast = "\n".join(
-                    connection.exec_driver_sql(
-                        "EXPLAIN EXECUTE q(CAST(ARRAY['s1', 's2'] AS varchar[]))"
-                    ).scalars()
-                )
+                contrast = generic_plan(connection, "SELECT id FROM series WHERE id = ANY($1)")
         finally:
             engine.dispose()
     assert "Seq Scan on series" in contrast and "ANY" in contrast, contrast
