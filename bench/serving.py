@@ -114,6 +114,40 @@ def wrk(url: str, bodies: list[str], connections: int, duration_s: float, work: 
     )
 
 
+QUIET_BUSY = 0.15  # a run starts once the machine's CPUs are less busy than this
+QUIET_SAMPLE_S = 0.5
+
+
+def cpu_busy(sample_s: float) -> float | None:
+    """The share of all CPUs' time spent busy over ``sample_s`` (None where /proc/stat is not
+    there to read)."""
+
+    def times() -> tuple[int, int]:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+    try:
+        total0, idle0 = times()
+        time.sleep(sample_s)
+        total1, idle1 = times()
+    except OSError:
+        return None
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_until_quiet(max_wait_s: float) -> float:
+    """Wait until the machine is quiet, at most ``max_wait_s``; return the seconds waited. A
+    server may still be working for the last run when the next one starts: the api writes the
+    forecast log of a 16-connection batch case for a few seconds after it (measured: the api
+    at 100% of a core and PostgreSQL at 19% during the floor's next run)."""
+    began = time.monotonic()
+    while time.monotonic() - began < max_wait_s:
+        busy = cpu_busy(QUIET_SAMPLE_S)
+        if busy is None or busy < QUIET_BUSY:
+            break
+    return time.monotonic() - began
+
+
 FLOOR = "floor: no-op FastAPI endpoint, same body"
 MLFLOW = "mlflow models serve: the same window"
 
@@ -372,7 +406,12 @@ def measure(
         for round_ in range(1, args.repeat + 1):
             for name, target, bodies in plan:
                 for c in args.connections:
-                    print(f"round {round_}: {name}, {c} connections ...", file=sys.stderr)
+                    waited = wait_until_quiet(max(2.0, 2 * args.duration))
+                    print(
+                        f"round {round_}: {name}, {c} connections ... "
+                        f"(after {waited:.1f} s for the machine to quiet down)",
+                        file=sys.stderr,
+                    )
                     result = wrk(target, bodies, c, args.duration, work)
                     runs.setdefault((name, c), []).append(result)
         memory["after the run"] = rss_mb(api.pid)
@@ -403,7 +442,9 @@ def report(
         f"# Serving benchmark, {datetime.now(UTC):%Y-%m-%d}",
         "",
         f"{run_facts()} wrk (1 thread) on loopback, {args.duration:g} s per run, "
-        f"{args.repeat} rounds (the three servers measured in turn in each round; the table "
+        f"{args.repeat} rounds (the three servers measured in turn in each round, each run "
+        f"started once the CPUs were less than {QUIET_BUSY:.0%} busy, or after twice a run's "
+        "length; the table "
         "shows each case's median run, its range of requests/s, and failures over all "
         "runs); one uvicorn "
         f"worker per server. Model: `{manifest['name']}` version {manifest['version']} "

@@ -5,10 +5,13 @@ under bench/results/ holds the full run. This keeps the benchmark working."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
 
+from bench.serving import cpu_busy, wait_until_quiet
 from tests.conftest import REPO
 
 
@@ -36,3 +39,21 @@ def test_serving_bench_prints_its_table_targets_and_key_ratios(tmp_path):
             assert float(cells[2].replace(",", "")) > 0  # requests/s measured
             assert cells[7].strip() == "0", f"failed requests in {cells[0]}"
     assert re.search(r"\| no failed requests \| 0 \| yes \|", run.stdout)
+
+
+def test_a_run_waits_while_the_machine_is_busy_and_not_after():
+    """The api may still be writing the last run's forecast log when the next run starts; the
+    benchmark waits for the CPUs to quiet down (at most its cap)."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        time.sleep(0.3)
+        assert cpu_busy(0.5) > 0.5
+        assert wait_until_quiet(1.0) >= 1.0  # busy throughout: waited its whole cap
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert wait_until_quiet(10.0) < 5.0
