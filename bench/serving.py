@@ -116,6 +116,7 @@ def wrk(url: str, bodies: list[str], connections: int, duration_s: float, work: 
 
 QUIET_BUSY = 0.15  # a run starts once the machine's CPUs are less busy than this
 QUIET_SAMPLE_S = 0.5
+QUIET_MIN_CAP_S = 2.0  # the wait's cap: twice a run's length, and at least this
 
 
 def cpu_busy(sample_s: float) -> float | None:
@@ -406,7 +407,7 @@ def measure(
         for round_ in range(1, args.repeat + 1):
             for name, target, bodies in plan:
                 for c in args.connections:
-                    waited = wait_until_quiet(max(2.0, 2 * args.duration))
+                    waited = wait_until_quiet(max(QUIET_MIN_CAP_S, 2 * args.duration))
                     print(
                         f"round {round_}: {name}, {c} connections ... "
                         f"(after {waited:.1f} s for the machine to quiet down)",
@@ -444,7 +445,7 @@ def report(
         f"{run_facts()} wrk (1 thread) on loopback, {args.duration:g} s per run, "
         f"{args.repeat} rounds (the three servers measured in turn in each round, each run "
         f"started once the CPUs were less than {QUIET_BUSY:.0%} busy, or after twice a run's "
-        "length; the table "
+        f"length ({QUIET_MIN_CAP_S:g} s at least); the table "
         "shows each case's median run, its range of requests/s, and failures over all "
         "runs); one uvicorn "
         f"worker per server. Model: `{manifest['name']}` version {manifest['version']} "

@@ -213,6 +213,14 @@ CREATED_BY_IDS_LOCKED = SERIES_BY_IDS.format(
     columns="s.id, s.created_at", ids="%s", lock="FOR KEY SHARE OF s"
 )
 
+# The last :size observations of each id, newest first: the (series_id, ts) primary key walked
+# backwards per series.
+LATEST_BY_IDS = text(
+    "SELECT ids.id, w.ts, w.value FROM unnest(CAST(:ids AS varchar[])) AS ids(id) "
+    "CROSS JOIN LATERAL (SELECT o.ts, o.value FROM observations o "
+    "WHERE o.series_id = ids.id ORDER BY o.ts DESC LIMIT :size) AS w"
+)
+
 
 def latest_windows(
     session: Session, *, series_ids: Sequence[str], size: int
@@ -235,14 +243,7 @@ def latest_windows(
     if missing:
         raise SeriesNotFound(missing[0])
     if postgresql:
-        rows = session.execute(
-            text(
-                "SELECT ids.id, w.ts, w.value FROM unnest(CAST(:ids AS varchar[])) AS ids(id) "
-                "CROSS JOIN LATERAL (SELECT o.ts, o.value FROM observations o "
-                "WHERE o.series_id = ids.id ORDER BY o.ts DESC LIMIT :size) AS w"
-            ),
-            {"ids": unique_ids, "size": size},
-        ).tuples()
+        rows = session.execute(LATEST_BY_IDS, {"ids": unique_ids, "size": size}).tuples()
     else:
         position = (
             func.row_number()
