@@ -7,6 +7,13 @@ writes them every ``flush_s`` in one transaction. The log is the service's own r
 data a client handed over: a crash (kill -9) loses at most the last ``flush_s`` of records;
 a graceful stop writes them all. While the database is down the rows wait, up to
 ``max_pending``; beyond that the oldest are dropped, logged and counted.
+
+A forecast the same as the last one logged for its series (its data and model unchanged) is
+not written again: see ``repository.record_forecasts``. At 14 requests a second for the same
+1,000 stored series, writing every answer was 14,000 rows a second, and its CPU (about 3.5 ms
+in this process and 8-13 ms in PostgreSQL's per 1,000 rows) slowed the requests it overlapped
+on a 2-core machine: the 1,000-series requests' p99 was 120-127 ms with every row written,
+80-89 ms with repeats skipped, and 79-86 ms with no log written at all (one run of each).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import psycopg
@@ -38,8 +45,24 @@ TRANSIENT = (
 )
 
 
+class LastLogged(OrderedDict[str, int]):
+    """Series id -> digest of the last forecast logged for it, for the ``max_series`` series
+    logged most recently (one forgotten is at worst logged again: about 150 bytes each)."""
+
+    def __init__(self, max_series: int) -> None:
+        super().__init__()
+        self.max_series = max_series
+
+    def __setitem__(self, key: str, value: int) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        if len(self) > self.max_series:
+            self.popitem(last=False)
+
+
 class ForecastRecorder:
     CHUNK_ROWS = 5000  # rows per transaction (and series ids per query, well under 65,535)
+    REMEMBERED_SERIES = 100_000  # series whose last logged forecast is remembered
 
     def __init__(
         self,
@@ -53,6 +76,7 @@ class ForecastRecorder:
         self.max_pending = max_pending
         self.on_drop = on_drop
         self.rows: deque[dict[str, object]] = deque()
+        self.logged = LastLogged(self.REMEMBERED_SERIES)  # only the writer thread touches it
         self.task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
 
@@ -123,4 +147,4 @@ class ForecastRecorder:
 
     def _write(self, rows: list[dict[str, object]]) -> None:
         with self.sessions() as session:
-            repository.record_forecasts(session, rows=rows)
+            repository.record_forecasts(session, rows=rows, logged=self.logged)

@@ -3,7 +3,7 @@ caller that gets a result back knows the data is durable."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -269,14 +269,27 @@ def latest_windows(
     return windows
 
 
-def record_forecasts(session: Session, *, rows: list[dict[str, object]]) -> int:
+def record_forecasts(
+    session: Session,
+    *,
+    rows: list[dict[str, object]],
+    logged: MutableMapping[str, int] | None = None,
+) -> int:
     """Log forecasts served for stored series (columns of ForecastLog); returns rows written.
 
     The log is written after the fact, so a series may have been deleted since its forecast,
     or deleted and created again under the same id: those rows are skipped (a forecast issued
     before its series was created is not that series'). The remaining series rows are locked
     (KEY SHARE on PostgreSQL) until commit so a concurrent delete can't slip between the check
-    and the insert."""
+    and the insert.
+
+    ``logged``, kept by the caller from one call to the next, maps a series id to a digest of
+    the last forecast written for it. A row whose forecast is the same as that one (the same
+    series, created at the same time, the same model and version, horizon, target timestamps
+    and values) is skipped: a series whose data and model did not change is served the same
+    forecast again and again, and the log keeps it once, issued when it was first served.
+    The row in force at any time is still the forecast that was served then. ``logged`` is
+    updated once the rows are committed."""
     ids = {str(row["series_id"]) for row in rows}
     if not ids:
         return 0
@@ -295,12 +308,44 @@ def record_forecasts(session: Session, *, rows: list[dict[str, object]]) -> int:
         for row in rows
         if row["series_id"] in created and created[str(row["series_id"])] <= row["issued_at"]  # type: ignore[operator]
     ]
+    written: dict[str, int] = {}
+    if logged is not None:
+        kept = _changed_forecasts(kept, created, logged, written)
     if kept and session.get_bind().dialect.name == "postgresql":
         _copy_forecasts_postgresql(session, kept)
     elif kept:
         session.execute(insert(ForecastLog), kept)
     session.commit()
+    if logged is not None:
+        logged.update(written)
     return len(kept)
+
+
+def _changed_forecasts(
+    rows: list[dict[str, object]],
+    created: dict[str, datetime],
+    logged: Mapping[str, int],
+    written: dict[str, int],
+) -> list[dict[str, object]]:
+    """The rows whose forecast differs from the last one logged for their series (before
+    them in ``rows``, or in ``logged``); ``written`` gets each series' last digest."""
+    changed = []
+    for row in rows:
+        sid = str(row["series_id"])
+        digest = hash(
+            (
+                created[sid],
+                row["model_name"],
+                row["model_version"],
+                row["horizon"],
+                tuple(row["target_ts"]),  # type: ignore[arg-type]
+                tuple(row["values"]),  # type: ignore[arg-type]
+            )
+        )
+        if digest != written.get(sid, logged.get(sid)):
+            changed.append(row)
+            written[sid] = digest
+    return changed
 
 
 def _utc(value: datetime) -> datetime:

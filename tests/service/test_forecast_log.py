@@ -11,7 +11,7 @@ from sqlalchemy import Connection, create_engine, text
 
 from service.db import migrate, repository
 from service.db.session import build_sessionmaker
-from service.forecast_log import ForecastRecorder
+from service.forecast_log import ForecastRecorder, LastLogged
 from tests.conftest import fresh_database
 
 
@@ -21,7 +21,7 @@ def _empty_tables_after_each_test() -> None:
     per database kind."""
 
 
-def log_row(series_id: str, issued_at: datetime) -> dict[str, object]:
+def log_row(series_id: str, issued_at: datetime, value: float = 1.0) -> dict[str, object]:
     return {
         "series_id": series_id,
         "model_name": "m",
@@ -29,7 +29,7 @@ def log_row(series_id: str, issued_at: datetime) -> dict[str, object]:
         "issued_at": issued_at,
         "horizon": 1,
         "target_ts": ["2000-01-01"],
-        "values": [1.0],
+        "values": [value],
     }
 
 
@@ -46,7 +46,7 @@ def test_rows_wait_for_the_next_flush_when_the_series_check_times_out(tmp_path):
             with sessions() as session:
                 repository.put_series(session, series_id="s", frequency="MS", description=None)
             recorder = ForecastRecorder(sessions, 60, 1000, on_drop=dropped.append)
-            recorder.add([log_row("s", datetime.now(UTC)) for _ in range(3)])
+            recorder.add([log_row("s", datetime.now(UTC), value) for value in (1.0, 2.0, 3.0)])
             with engine.connect() as holder:
                 holder.execute(text("SELECT 1 FROM series WHERE id = 's' FOR UPDATE"))
                 asyncio.run(recorder.flush())  # waits 200 ms for the lock, then gives up
@@ -102,3 +102,11 @@ def test_series_are_found_by_id_with_a_join_not_an_array_filter_in_a_generic_pla
     assert "Seq Scan on series" in contrast and "ANY" in contrast, contrast
     for lock, plan in plans.items():
         assert "ANY" not in plan and "Join" in plan, (lock, plan)
+
+
+def test_the_last_logged_forecasts_are_remembered_for_the_most_recent_series_only():
+    logged = LastLogged(2)
+    logged.update({"a": 1, "b": 2})
+    logged["a"] = 3  # written again: now the most recent
+    logged.update({"c": 4})
+    assert dict(logged) == {"a": 3, "c": 4}

@@ -311,6 +311,65 @@ def test_the_log_skips_forecasts_of_series_deleted_or_created_again_since(client
     ]
 
 
+def test_a_forecast_the_same_as_the_last_logged_for_its_series_is_not_logged_again(
+    client, database_url
+):
+    """With ``logged`` kept between calls, the log is a record of changes: a row is written
+    when its series' forecast differs from the last one written for it (values, target steps,
+    horizon, model, version), or when the series was created again since, and not otherwise."""
+    for sid in ("a", "b"):
+        assert put(client, sid).status_code == 201
+    row = {
+        "model_name": "m",
+        "model_version": "1",
+        "horizon": 2,
+        "target_ts": ["2000-01-01", "2000-02-01"],
+        "values": [1.5, 2.5],
+    }
+    logged: dict[str, int] = {}
+    engine = create_engine(database_url)
+
+    def record(*rows: dict[str, object]) -> int:
+        issued = datetime.now(UTC)
+        with Session(engine) as session:
+            return repository.record_forecasts(
+                session, rows=[r | {"issued_at": issued} for r in rows], logged=logged
+            )
+
+    a, b = row | {"series_id": "a"}, row | {"series_id": "b"}
+    changed = a | {"values": [1.5, 2.75]}
+    try:
+        assert record(a, b, a) == 2  # a twice in one call: once
+        assert record(a, b) == 0
+        assert record(changed, b) == 1
+        assert record(a) == 1  # back to the first forecast: a change again
+        for other in ({"horizon": 1}, {"model_version": "2"}, {"target_ts": ["2000-02-01"] * 2}):
+            assert record(a | other) == 1
+            assert record(a | other) == 0
+        assert client.delete("/series/b").status_code == 204
+        assert put(client, "b").status_code == 201
+        assert record(b) == 1  # created again: its earlier rows went with it
+        # a's six rows and b's one since it was created again (its first went with it)
+        assert count_rows(database_url, "forecasts") == 6 + 1
+    finally:
+        engine.dispose()
+
+
+def test_a_stored_series_served_again_unchanged_is_logged_once(client, air_csv, database_url):
+    put(client)
+    upload_csv(client, air_csv)
+    first = stored_forecast(client, 6).json()
+    assert wait_for_rows(database_url, "forecasts", 1) == 1
+    assert stored_forecast(client, 6).json() == first
+    stored_forecast(client, 5)  # logged after the repeat, which is therefore written or not
+    assert wait_for_rows(database_url, "forecasts", 2) == 2
+    client.post("/series/air/observations", json=[{"ts": "1961-01-01", "value": 450.0}])
+    assert stored_forecast(client, 6).json() != first
+    assert wait_for_rows(database_url, "forecasts", 3) == 3
+    time.sleep(0.5)  # two flushes (0.25 s apart by default): nothing more arrives
+    assert count_rows(database_url, "forecasts") == 3
+
+
 def test_stored_series_shorter_than_the_window_gets_seasonal_naive_or_422_when_strict(client):
     put(client)
     client.post(
