@@ -47,7 +47,8 @@ TRANSIENT = (
 
 class LastLogged(OrderedDict[str, int]):
     """Series id -> digest of the last forecast logged for it, for the ``max_series`` series
-    logged most recently (one forgotten is at worst logged again: about 150 bytes each)."""
+    logged most recently (one forgotten is at worst logged again). Each costs about 190
+    bytes with a 12-character id: 19 MB for 100,000."""
 
     def __init__(self, max_series: int) -> None:
         super().__init__()
