@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 
 import psycopg
+from cachetools import LRUCache
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,25 +46,11 @@ TRANSIENT = (
 )
 
 
-class LastLogged(OrderedDict[str, int]):
-    """Series id -> digest of the last forecast logged for it, for the ``max_series`` series
-    logged most recently (one forgotten is at worst logged again). Each costs about 190
-    bytes with a 12-character id: 19 MB for 100,000."""
-
-    def __init__(self, max_series: int) -> None:
-        super().__init__()
-        self.max_series = max_series
-
-    def __setitem__(self, key: str, value: int) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        if len(self) > self.max_series:
-            self.popitem(last=False)
-
-
 class ForecastRecorder:
     CHUNK_ROWS = 5000  # rows per transaction (and series ids per query, well under 65,535)
-    REMEMBERED_SERIES = 100_000  # series whose last logged forecast is remembered
+    # Series whose last logged forecast is remembered, those written most recently: one
+    # forgotten is at worst logged again. About 190 bytes each with a 12-character id.
+    REMEMBERED_SERIES = 100_000
 
     def __init__(
         self,
@@ -77,7 +64,8 @@ class ForecastRecorder:
         self.max_pending = max_pending
         self.on_drop = on_drop
         self.rows: deque[dict[str, object]] = deque()
-        self.logged = LastLogged(self.REMEMBERED_SERIES)  # only the writer thread touches it
+        # Series id -> digest of its last logged forecast; only the writer thread touches it.
+        self.logged: LRUCache[str, int] = LRUCache(self.REMEMBERED_SERIES)
         self.task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
 

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, create_engine, text
 
 from service.db import migrate, repository
 from service.db.session import build_sessionmaker
-from service.forecast_log import ForecastRecorder, LastLogged
+from service.forecast_log import ForecastRecorder
 from tests.conftest import fresh_database
 
 
@@ -104,8 +104,9 @@ def test_series_are_found_by_id_with_a_join_not_an_array_filter_in_a_generic_pla
         assert "ANY" not in plan and "Join" in plan, (lock, plan)
 
 
-def test_the_last_logged_forecasts_are_remembered_for_the_most_recent_series_only():
-    logged = LastLogged(2)
+def test_the_last_logged_forecasts_are_remembered_for_the_most_recent_series_only(monkeypatch):
+    monkeypatch.setattr(ForecastRecorder, "REMEMBERED_SERIES", 2)
+    logged = ForecastRecorder(build_sessionmaker(create_engine("sqlite://")), 60, 1000).logged
     logged.update({"a": 1, "b": 2})
     logged["a"] = 3  # written again: now the most recent
     logged.update({"c": 4})
