@@ -311,7 +311,7 @@ def record_forecasts(
     ]
     written: dict[str, int] = {}
     if logged is not None:
-        kept = _changed_forecasts(kept, created, logged, written)
+        kept, written = _changed_forecasts(kept, created, logged)
     if kept and session.get_bind().dialect.name == "postgresql":
         _copy_forecasts_postgresql(session, kept)
     elif kept:
@@ -323,14 +323,12 @@ def record_forecasts(
 
 
 def _changed_forecasts(
-    rows: list[dict[str, object]],
-    created: dict[str, datetime],
-    logged: Mapping[str, int],
-    written: dict[str, int],
-) -> list[dict[str, object]]:
+    rows: list[dict[str, object]], created: dict[str, datetime], logged: Mapping[str, int]
+) -> tuple[list[dict[str, object]], dict[str, int]]:
     """The rows whose forecast differs from the last one logged for their series (before
-    them in ``rows``, or in ``logged``); ``written`` gets each series' last digest."""
+    them in ``rows``, or in ``logged``), and each of their series' last digest."""
     changed = []
+    written: dict[str, int] = {}
     for row in rows:
         sid = str(row["series_id"])
         digest = hash(
@@ -346,7 +344,7 @@ def _changed_forecasts(
         if digest != written.get(sid, logged.get(sid)):
             changed.append(row)
             written[sid] = digest
-    return changed
+    return changed, written
 
 
 def _utc(value: datetime) -> datetime:
