@@ -32,7 +32,13 @@ from service.errors import (
 )
 from service.inference import Forecaster
 from service.model_set import ModelSet
-from service.schemas import ForecastRequest, ModelRef, SeriesForecast, SeriesInput
+from service.schemas import (
+    ForecastRequest,
+    ModelRefData,
+    SeriesForecast,
+    SeriesForecastData,
+    SeriesInput,
+)
 from service.timeindex import (
     format_timestamps,
     future_labels,
@@ -54,7 +60,7 @@ class Plan:
     index: int
     series_id: str
     forecaster: Forecaster
-    values: Sequence[float]  # the history the forecast reads (at most the model's window)
+    values: Sequence[float] | np.ndarray  # the history read (at most the model's window)
     labels: tuple[str, ...]  # timestamps of the forecast steps
     fallback: str | None  # None: the model; else "seasonal_naive" or "naive"
     stored: bool
@@ -263,7 +269,7 @@ def infer(plans: list[Plan], request: ForecastRequest) -> list[SeriesForecast]:
     """Synchronously: one session call per model over its series (batch jobs, tests)."""
     groups = by_model(plans)
     outputs = [group[0].forecaster.predict(*model_inputs(group)) for group in groups]
-    return assemble(plans, groups, outputs, request)
+    return [SeriesForecast.model_validate(f) for f in assemble(plans, groups, outputs, request)]
 
 
 def by_model(plans: list[Plan]) -> list[list[Plan]]:
@@ -289,9 +295,9 @@ def assemble(
     groups: list[list[Plan]],
     outputs: list[np.ndarray],
     request: ForecastRequest,
-) -> list[SeriesForecast]:
+) -> list[SeriesForecastData]:
     """Label the model outputs (B, H, Q) and answer the fallbacks with their baseline."""
-    results: list[SeriesForecast | None] = [None] * len(plans)
+    results: list[SeriesForecastData | None] = [None] * len(plans)
     horizon, wanted = request.horizon, request.requested_quantiles()
     for plan in plans:
         if plan.fallback is not None:
@@ -299,13 +305,14 @@ def assemble(
             values = seasonal_naive(
                 np.asarray(plan.values, dtype=np.float64), horizon, m.seasonal_period
             )
-            results[plan.index] = SeriesForecast(
-                id=plan.series_id,
-                method=plan.fallback,
-                model=None,
-                timestamps=list(plan.labels),
-                values=values.tolist(),
-            )
+            results[plan.index] = {
+                "id": plan.series_id,
+                "method": plan.fallback,
+                "model": None,
+                "timestamps": plan.labels,
+                "values": values.tolist(),
+                "quantiles": None,
+            }
     for group, full in zip(groups, outputs, strict=True):
         m = group[0].forecaster.manifest
         output = full[:, :horizon]  # (B, horizon, Q)
@@ -317,20 +324,18 @@ def assemble(
                 ("body", "series", group[int(bad[0])].index, "history"),
             )
         columns = {f"{q:g}": _quantile_index(m.quantiles, q) for q in wanted}
-        model = ModelRef.model_construct(name=m.name, version=m.version)  # the manifest's own
+        model: ModelRefData = {"name": m.name, "version": m.version}  # the manifest's own
         point = output[:, :, m.point_quantile_index].astype(float).tolist()  # (B, horizon)
         bands = {k: output[:, :, c].astype(float).tolist() for k, c in columns.items()}
         for row, plan in enumerate(group):
-            # model_construct: every field is built here from checked values; validating
-            # them again took most of the time of a 1,000-series answer.
-            results[plan.index] = SeriesForecast.model_construct(
-                id=plan.series_id,
-                method="model",
-                model=model,
-                timestamps=list(plan.labels),
-                values=point[row],
-                quantiles={k: band[row] for k, band in bands.items()} if wanted else None,
-            )
+            results[plan.index] = {
+                "id": plan.series_id,
+                "method": "model",
+                "model": model,
+                "timestamps": plan.labels,
+                "values": point[row],
+                "quantiles": {k: band[row] for k, band in bands.items()} if wanted else None,
+            }
     return [r for r in results if r is not None]
 
 
@@ -352,20 +357,20 @@ def read_windows(
 
 
 def log_rows(
-    forecasts: list[SeriesForecast], plans: list[Plan], horizon: int, issued_at: datetime
+    forecasts: list[SeriesForecastData], plans: list[Plan], horizon: int, issued_at: datetime
 ) -> list[dict[str, object]]:
     """Forecast log rows (ForecastLog's columns) for the stored series among ``plans``;
     ``issued_at``: when the request began, before its windows were read."""
     now = issued_at
     return [
         {
-            "series_id": f.id,
-            "model_name": f.model.name if f.model else f.method,
-            "model_version": f.model.version if f.model else "-",
+            "series_id": f["id"],
+            "model_name": model["name"] if (model := f["model"]) else f["method"],
+            "model_version": model["version"] if model else "-",
             "issued_at": now,
             "horizon": horizon,
-            "target_ts": f.timestamps,
-            "values": f.values,
+            "target_ts": list(f["timestamps"]),
+            "values": f["values"],
         }
         for f, plan in zip(forecasts, plans, strict=True)
         if plan.stored

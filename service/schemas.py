@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -167,6 +168,26 @@ class SeriesForecast(BaseModel):
 
 class ForecastResponse(BaseModel):
     forecasts: list[SeriesForecast]
+
+
+class ModelRefData(TypedDict):
+    name: str
+    version: str
+
+
+class SeriesForecastData(TypedDict):
+    """A SeriesForecast as the forecast path builds it: plain data with the model's fields in
+    its order, which pydantic-core's ``to_json`` writes as the same bytes as
+    ``ForecastResponse.model_dump_json`` (a test holds them to it). Building 1,000
+    SeriesForecast objects, even unvalidated, took 6.5 ms of a 1,000-series answer; these
+    dicts take 0.7 ms."""
+
+    id: str
+    method: str
+    model: ModelRefData | None
+    timestamps: Sequence[str]
+    values: list[float]
+    quantiles: dict[str, list[float]] | None
 
 
 class Liveness(BaseModel):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import psycopg
 from pydantic_core import to_json
 from sqlalchemy import delete, func, insert, select, text, update
@@ -29,12 +30,14 @@ class SeriesStats:
 
 @dataclass(frozen=True)
 class StoredWindow:
-    """The latest observations of one stored series, oldest first."""
+    """The latest observations of one stored series, oldest first. The values are an array:
+    a batch's model input is then one copy of each window (a list of floats each took seven
+    times as long to convert), and a cached window holds a quarter of the memory."""
 
     series_id: str
     frequency: str
     ts: list[datetime]
-    values: list[float]
+    values: np.ndarray  # (n,) float64
 
 
 def get_series(session: Session, *, series_id: str, for_update: bool = False) -> Series:
@@ -258,14 +261,18 @@ def latest_windows(
         rows = session.execute(
             select(ranked.c.series_id, ranked.c.ts, ranked.c.value).where(ranked.c.position <= size)
         ).tuples()
-    windows = {sid: StoredWindow(sid, frequencies[sid], [], []) for sid in unique_ids}
+    observed: dict[str, list[tuple[datetime, float]]] = {sid: [] for sid in unique_ids}
     for sid, ts, value in rows:
-        windows[sid].ts.append(ts)
-        windows[sid].values.append(value)
-    for window in windows.values():  # rows may come newest first
-        order = sorted(range(len(window.ts)), key=window.ts.__getitem__)
-        window.ts[:] = [window.ts[i] for i in order]
-        window.values[:] = [window.values[i] for i in order]
+        observed[sid].append((ts, value))
+    windows = {}
+    for sid, pairs in observed.items():
+        pairs.sort()  # rows may come newest first
+        windows[sid] = StoredWindow(
+            sid,
+            frequencies[sid],
+            [ts for ts, _ in pairs],
+            np.array([value for _, value in pairs], dtype=np.float64),
+        )
     return windows
 
 

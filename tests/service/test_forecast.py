@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from service.bundle import read_bundle
+from service.schemas import ForecastResponse
 from tests.conftest import AIR_BUNDLE
 
 MANIFEST = read_bundle(AIR_BUNDLE).manifest
@@ -238,6 +239,23 @@ def test_fallback_series_carry_no_quantiles(client, air_history):
         "forecasts"
     ][0]
     assert forecast["method"] == "seasonal_naive" and forecast["quantiles"] is None
+
+
+def test_the_body_is_byte_for_byte_the_documented_forecast_response(client, air_history):
+    """The forecast path writes plain data, not ForecastResponse objects: its JSON must be
+    what the documented model itself writes, for model and fallback series, with and without
+    quantiles."""
+    series = [
+        {"id": "model", "history": air_history, "start": "1949-01-01", "freq": "MS"},
+        {"id": "short", "history": air_history[:13], "start": "1949-01-01", "freq": "MS"},
+    ]
+    for extra in ({}, {"quantiles": [0.1, 0.9]}):
+        response = client.post("/forecast", json={"series": series, "horizon": 6, **extra})
+        assert response.status_code == 200, response.text
+        served = ForecastResponse.model_validate_json(response.content)
+        assert [f.method for f in served.forecasts] == ["model", "seasonal_naive"]
+        assert (served.forecasts[0].quantiles is None) == (not extra)
+        assert response.content == served.model_dump_json().encode()
 
 
 QUARTERLY = [float(100 + 10 * (i % 4) + i) for i in range(40)]

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
@@ -24,7 +25,7 @@ from tests.conftest import ADMIN_TOKEN, AIR_CSV, MODELS, fresh_database, store_s
 
 def window(sid: str, n: int) -> StoredWindow:
     ts = [datetime(2000 + i // 12, i % 12 + 1, 1) for i in range(n)]
-    return StoredWindow(sid, "MS", ts, [float(i) for i in range(n)])
+    return StoredWindow(sid, "MS", ts, np.arange(n, dtype=np.float64))
 
 
 def test_a_read_that_raced_a_change_is_not_cached():
