@@ -357,14 +357,20 @@ def read_windows(
 
 
 def log_rows(
-    forecasts: list[SeriesForecastData], plans: list[Plan], horizon: int, issued_at: datetime
+    forecasts: list[SeriesForecastData],
+    plans: list[Plan],
+    horizon: int,
+    issued_at: datetime,
+    stored: dict[str, StoredWindow],
 ) -> list[dict[str, object]]:
-    """Forecast log rows (ForecastLog's columns) for the stored series among ``plans``;
-    ``issued_at``: when the request began, before its windows were read."""
+    """Forecast log rows (ForecastLog's columns, and the series' creation time, which tells
+    one series of an id from another) for the stored series among ``plans``; ``issued_at``:
+    when the request began, before its windows were read."""
     now = issued_at
     return [
         {
             "series_id": f["id"],
+            "series_created_at": stored[f["id"]].created_at,
             "model_name": model["name"] if (model := f["model"]) else f["method"],
             "model_version": model["version"] if model else "-",
             "issued_at": now,

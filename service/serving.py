@@ -86,7 +86,7 @@ async def answer(request: ForecastRequest, models: ModelSet, serving: Serving) -
 
     forecasts, body = finish() if small else await run_in_threadpool(finish)
     if stored:
-        serving.recorder.add(log_rows(forecasts, plans, request.horizon, issued_at))
+        serving.recorder.add(log_rows(forecasts, plans, request.horizon, issued_at, stored))
     return body
 
 

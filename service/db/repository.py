@@ -36,6 +36,7 @@ class StoredWindow:
 
     series_id: str
     frequency: str
+    created_at: datetime  # which series of this id: one deleted and created again is another
     ts: list[datetime]
     values: np.ndarray  # (n,) float64
 
@@ -209,9 +210,11 @@ SERIES_BY_IDS = (
     "SELECT {columns} FROM unnest(CAST({ids} AS varchar[])) AS ids(id) "
     "JOIN series s ON s.id = ids.id {lock}"
 )
-# The window read's frequencies (through SQLAlchemy) and the forecast log's check, which
-# locks the series until its rows are in (through psycopg).
-FREQUENCIES_BY_IDS = text(SERIES_BY_IDS.format(columns="s.id, s.frequency", ids=":ids", lock=""))
+# The window read's series (through SQLAlchemy) and the forecast log's check, which locks the
+# series until its rows are in (through psycopg).
+SERIES_OF_WINDOWS = text(
+    SERIES_BY_IDS.format(columns="s.id, s.frequency, s.created_at", ids=":ids", lock="")
+)
 CREATED_BY_IDS_LOCKED = SERIES_BY_IDS.format(
     columns="s.id, s.created_at", ids="%s", lock="FOR KEY SHARE OF s"
 )
@@ -236,13 +239,13 @@ def latest_windows(
     unique_ids = list(dict.fromkeys(series_ids))
     postgresql = session.get_bind().dialect.name == "postgresql"
     if postgresql:  # a join on the ids, not IN (...): see SERIES_BY_IDS
-        found = session.execute(FREQUENCIES_BY_IDS, {"ids": unique_ids})
+        found = session.execute(SERIES_OF_WINDOWS, {"ids": unique_ids})
     else:
         found = session.execute(
-            select(Series.id, Series.frequency).where(Series.id.in_(unique_ids))
+            select(Series.id, Series.frequency, Series.created_at).where(Series.id.in_(unique_ids))
         )
-    frequencies: dict[str, str] = {sid: freq for sid, freq in found}
-    missing = [sid for sid in unique_ids if sid not in frequencies]
+    series: dict[str, tuple[str, datetime]] = {sid: (freq, _utc(at)) for sid, freq, at in found}
+    missing = [sid for sid in unique_ids if sid not in series]
     if missing:
         raise SeriesNotFound(missing[0])
     if postgresql:
@@ -269,7 +272,7 @@ def latest_windows(
         pairs.sort()  # rows may come newest first
         windows[sid] = StoredWindow(
             sid,
-            frequencies[sid],
+            *series[sid],
             [ts for ts, _ in pairs],
             np.array([value for _, value in pairs], dtype=np.float64),
         )
@@ -297,7 +300,12 @@ def record_forecasts(
     version, horizon, target timestamps and values) is skipped: a series whose data and model
     did not change is served the same forecast again and again, and the log keeps it once,
     issued when it was first served. The row in force at any time is still the forecast that
-    was served then. ``logged`` is updated once the rows are committed."""
+    was served then. With ``logged``, each row carries ``series_created_at`` (the series' own,
+    read with its window), so repeats are skipped before the database is asked anything: a
+    flush of repeats costs no round trip. ``logged`` is updated once the rows are committed."""
+    digests: list[int] = []
+    if logged is not None:
+        rows, digests = _changed_forecasts(rows, logged)
     ids = {str(row["series_id"]) for row in rows}
     if not ids:
         return 0
@@ -312,35 +320,33 @@ def record_forecasts(
         query = select(Series.id, Series.created_at).where(Series.id.in_(ids))
         created = {sid: _utc(at) for sid, at in session.execute(query)}
     kept = [
-        row
-        for row in rows
+        i
+        for i, row in enumerate(rows)
         if row["series_id"] in created and created[str(row["series_id"])] <= row["issued_at"]  # type: ignore[operator]
     ]
-    written: dict[str, int] = {}
-    if logged is not None:
-        kept, written = _changed_forecasts(kept, created, logged)
     if kept and session.get_bind().dialect.name == "postgresql":
-        _copy_forecasts_postgresql(session, kept)
+        _copy_forecasts_postgresql(session, [rows[i] for i in kept])
     elif kept:
-        session.execute(insert(ForecastLog), kept)
+        columns = [{c: rows[i][c] for c in FORECAST_LOG_COLUMNS} for i in kept]
+        session.execute(insert(ForecastLog), columns)
     session.commit()
     if logged is not None:
-        logged.update(written)
+        logged.update((str(rows[i]["series_id"]), digests[i]) for i in kept)
     return len(kept)
 
 
 def _changed_forecasts(
-    rows: list[dict[str, object]], created: dict[str, datetime], logged: Mapping[str, int]
-) -> tuple[list[dict[str, object]], dict[str, int]]:
+    rows: list[dict[str, object]], logged: Mapping[str, int]
+) -> tuple[list[dict[str, object]], list[int]]:
     """The rows whose forecast differs from the last one logged for their series (before
-    them in ``rows``, or in ``logged``), and each of their series' last digest."""
-    changed = []
-    written: dict[str, int] = {}
+    them in ``rows``, or in ``logged``), and the digest of each."""
+    changed, digests = [], []
+    last: dict[str, int] = {}
     for row in rows:
         sid = str(row["series_id"])
         digest = hash(
             (
-                created[sid],
+                row["series_created_at"],
                 row["model_name"],
                 row["model_version"],
                 row["horizon"],
@@ -348,10 +354,11 @@ def _changed_forecasts(
                 tuple(row["values"]),  # type: ignore[arg-type]
             )
         )
-        if digest != written.get(sid, logged.get(sid)):
+        if digest != last.get(sid, logged.get(sid)):
             changed.append(row)
-            written[sid] = digest
-    return changed, written
+            digests.append(digest)
+            last[sid] = digest
+    return changed, digests
 
 
 def _utc(value: datetime) -> datetime:

@@ -24,6 +24,7 @@ def _empty_tables_after_each_test() -> None:
 def log_row(series_id: str, issued_at: datetime, value: float = 1.0) -> dict[str, object]:
     return {
         "series_id": series_id,
+        "series_created_at": datetime(2000, 1, 1, tzinfo=UTC),
         "model_name": "m",
         "model_version": "1",
         "issued_at": issued_at,

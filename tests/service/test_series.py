@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
 from service.db import repository
@@ -329,18 +329,24 @@ def test_a_forecast_the_same_as_the_last_logged_for_its_series_is_not_logged_aga
     logged: dict[str, int] = {}
     engine = create_engine(database_url)
 
-    def record(*rows: dict[str, object]) -> int:
+    def record(*rows: dict[str, object], bind: Engine = engine) -> int:
         issued = datetime.now(UTC)
-        with Session(engine) as session:
+        with Session(bind) as session:
             return repository.record_forecasts(
                 session, rows=[r | {"issued_at": issued} for r in rows], logged=logged
             )
 
-    a, b = row | {"series_id": "a"}, row | {"series_id": "b"}
+    def created_at(sid: str) -> datetime:  # the rows carry it, read with the series' window
+        with Session(engine) as session:
+            return repository.get_series(session, series_id=sid).created_at
+
+    a, b = (row | {"series_id": sid, "series_created_at": created_at(sid)} for sid in "ab")
     changed = a | {"values": [1.5, 2.75]}
+    unreachable = create_engine("sqlite:////no-such-folder/forecasts.db")
     try:
         assert record(a, b, a) == 2  # a twice in one call: once
         assert record(a, b) == 0
+        assert record(a, b, bind=unreachable) == 0  # repeats need no database at all
         assert record(changed, b) == 1
         assert record(a) == 1  # back to the first forecast: a change again
         for other in ({"horizon": 1}, {"model_version": "2"}, {"target_ts": ["2000-02-01"] * 2}):
@@ -348,7 +354,7 @@ def test_a_forecast_the_same_as_the_last_logged_for_its_series_is_not_logged_aga
             assert record(a | other) == 0
         assert client.delete("/series/b").status_code == 204
         assert put(client, "b").status_code == 201
-        assert record(b) == 1  # created again: its earlier rows went with it
+        assert record(b | {"series_created_at": created_at("b")}) == 1  # created again
         # a's six rows and b's one since it was created again (its first went with it)
         assert count_rows(database_url, "forecasts") == 6 + 1
     finally:

@@ -25,7 +25,7 @@ from tests.conftest import ADMIN_TOKEN, AIR_CSV, MODELS, fresh_database, store_s
 
 def window(sid: str, n: int) -> StoredWindow:
     ts = [datetime(2000 + i // 12, i % 12 + 1, 1) for i in range(n)]
-    return StoredWindow(sid, "MS", ts, np.arange(n, dtype=np.float64))
+    return StoredWindow(sid, "MS", datetime(2000, 1, 1), ts, np.arange(n, dtype=np.float64))
 
 
 def test_a_read_that_raced_a_change_is_not_cached():
