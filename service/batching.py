@@ -16,7 +16,7 @@ the rows that arrived meanwhile in the same hold of the GIL, so under load the n
 starts at once. (A drain on the event loop that handed each batch to a thread waited about
 0.7 ms per batch for that thread to get the GIL while the loop answered the last batch.)
 Requests are batched up to ``max_rows`` series; a request of more is not queued but cut into
-the model's chunks (64 rows on the CPU), which the inference threads take in turn as each
+the model's chunks (32 rows on the CPU), which the inference threads take in turn as each
 finishes its last: a thread slowed by other work on its core takes fewer, so the request is
 not held up by the slower of two fixed halves.
 """
