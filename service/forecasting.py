@@ -237,14 +237,14 @@ def _plan_stored(
         )
     what = f"stored series {window.series_id!r}"
     fallback = _fallback(n, forecaster, request.strict, what, (*loc, "id"))
-    # The window (read at the largest input size of all models) cut to this model's, then
+    # The window (read at the largest input size of all models) cut to this model's, and
     # checked: consecutive periods with none missing. A gap would shift every value after it
     # by one period and the forecast would be silently wrong.
     size = min(n, forecaster.manifest.input_size)
-    ts, values = window.ts[-size:], window.values[-size:]
-    expected = window_index(ts[-1], size, freq)
-    if tuple(ts) != expected:
-        present = set(ts)
+    last = window.ts[-1]
+    if window.consecutive < size:
+        expected = window_index(last, size, freq)
+        present = set(window.ts[-size:])
         missing = [t for t in expected if t not in present]
         raise HistoryGap(
             f"{what} has no observation at {format_timestamps(missing[:1])[0]} "
@@ -253,8 +253,9 @@ def _plan_stored(
             f"{format_timestamps([expected[-1]])[0]}; upload them, then ask again",
             (*loc, "id"),
         )
-    labels = future_labels(ts[-1], request.horizon, freq)
-    position = _position(forecaster, ts[-1], freq)
+    labels = future_labels(last, request.horizon, freq)
+    position = _position(forecaster, last, freq)
+    values = window.values[-size:]
     return Plan(index, window.series_id, forecaster, values, labels, fallback, True, position)
 
 

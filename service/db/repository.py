@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from service.db.tables import ForecastLog, Observation, Series
 from service.errors import SeriesNotFound
-from service.timeindex import same_frequency
+from service.timeindex import same_frequency, window_index
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,22 @@ class StoredWindow:
     created_at: datetime  # which series of this id: one deleted and created again is another
     ts: list[datetime]
     values: np.ndarray  # (n,) float64
+
+    @cached_property
+    def consecutive(self) -> int:
+        """How many of the latest observations lie on consecutive periods of the frequency,
+        with none missing between them (all of them, unless there is a gap). Worked out once
+        per window, which the window cache serves request after request: a model may read
+        the last ``consecutive`` values and no more."""
+        if not self.ts:
+            return 0
+        expected = window_index(self.ts[-1], len(self.ts), self.frequency)
+        count = 0
+        for have, want in zip(reversed(self.ts), reversed(expected), strict=True):
+            if have != want:
+                break
+            count += 1
+        return count
 
 
 def get_series(session: Session, *, series_id: str, for_update: bool = False) -> Series:

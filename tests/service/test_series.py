@@ -406,6 +406,9 @@ def test_gap_inside_the_input_window_is_422_naming_it(client, air_csv):
     assert "no observation at 1960-09-01" in detail["msg"]
     path_form = client.get("/series/air/forecast", params={"horizon": 3}).json()["detail"][0]
     assert path_form["loc"] == ["path", "series_id"]
+    # The missing month uploaded: the series' window is read again, and checked again.
+    client.post("/series/air/observations", json=[{"ts": "1960-09-01", "value": 508.0}])
+    assert stored_forecast(client).status_code == 200
 
 
 def test_unknown_stored_series_in_forecast_is_404_naming_it(client):

@@ -28,6 +28,17 @@ def window(sid: str, n: int) -> StoredWindow:
     return StoredWindow(sid, "MS", datetime(2000, 1, 1), ts, np.arange(n, dtype=np.float64))
 
 
+def test_a_window_counts_its_latest_observations_with_none_missing():
+    """What the forecast path checks a model's input window against, once per window."""
+    full = window("s", 12)
+    assert full.consecutive == 12
+    april_missing = StoredWindow("s", "MS", full.created_at, full.ts[:3] + full.ts[4:], np.ones(11))
+    assert april_missing.consecutive == 8  # May to December
+    mid_month = [*full.ts[:-1], datetime(2000, 12, 15)]
+    assert StoredWindow("s", "MS", full.created_at, mid_month, np.ones(12)).consecutive == 0
+    assert StoredWindow("s", "MS", full.created_at, [], np.ones(0)).consecutive == 0
+
+
 def test_a_read_that_raced_a_change_is_not_cached():
     cache = WindowCache(max_series=2)
     assert cache.get(["a"], 24) == ({}, ["a"])  # off until the listener is connected
