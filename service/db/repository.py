@@ -32,8 +32,8 @@ class SeriesStats:
 @dataclass(frozen=True)
 class StoredWindow:
     """The latest observations of one stored series, oldest first. The values are an array:
-    a batch's model input is then one copy of each window (a list of floats each took seven
-    times as long to convert), and a cached window holds a quarter of the memory."""
+    a batch's model input is then one copy of each window (lists of floats took seven times
+    as long to convert), and a cached window's values take under a third of a list's memory."""
 
     series_id: str
     frequency: str
