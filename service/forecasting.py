@@ -376,7 +376,7 @@ def log_rows(
             "model_version": model["version"] if model else "-",
             "issued_at": now,
             "horizon": horizon,
-            "target_ts": list(f["timestamps"]),
+            "target_ts": f["timestamps"],  # the labels' tuple, shared by series that end together
             "values": f["values"],
         }
         for f, plan in zip(forecasts, plans, strict=True)

@@ -421,8 +421,8 @@ def _copy_forecasts_postgresql(session: Session, rows: list[dict[str, object]]) 
                 )
             )
         target = row["target_ts"]
-        assert isinstance(target, list)
-        steps = tuple(target)
+        assert isinstance(target, Sequence)
+        steps = tuple(target)  # the same tuple when the rows carry their labels' own
         if (labels := written.get(steps)) is None:
             labels = written[steps] = _copy_text(to_json(steps).decode())
         fields = (
