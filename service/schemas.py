@@ -177,10 +177,10 @@ class ModelRefData(TypedDict):
 
 class SeriesForecastData(TypedDict):
     """A SeriesForecast as the forecast path builds it: plain data with the model's fields in
-    its order, which pydantic-core's ``to_json`` writes as the same bytes as
-    ``ForecastResponse.model_dump_json`` (a test holds them to it). Building 1,000
-    SeriesForecast objects, even unvalidated, took 6.5 ms of a 1,000-series answer; these
-    dicts take 0.8 ms."""
+    its order, which orjson writes as the same bytes as ``ForecastResponse.model_dump_json``
+    (a test holds them to it). Building 1,000 SeriesForecast objects, even unvalidated, took
+    6.5 ms of a 1,000-series answer; these dicts take 0.8 ms. orjson writes their JSON in
+    0.6 ms, pydantic-core's ``to_json`` in 1.7."""
 
     id: str
     method: str

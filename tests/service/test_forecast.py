@@ -242,18 +242,27 @@ def test_fallback_series_carry_no_quantiles(client, air_history):
 
 
 def test_the_body_is_byte_for_byte_the_documented_forecast_response(client, air_history):
-    """The forecast path writes plain data, not ForecastResponse objects: its JSON must be
-    what the documented model itself writes, for model and fallback series, with and without
-    quantiles."""
+    """The forecast path writes plain data with orjson, not ForecastResponse objects: its JSON
+    must be what the documented model itself writes, for model and fallback series, with and
+    without quantiles, and for ids that need escaping or are not ASCII."""
+    odd_id = 'model "quoted" \\ tab\t ctl\x01 del\x7f \u00e9\u6f22\U0001f642 \u2028 </script>'
     series = [
-        {"id": "model", "history": air_history, "start": "1949-01-01", "freq": "MS"},
-        {"id": "short", "history": air_history[:13], "start": "1949-01-01", "freq": "MS"},
+        {"id": odd_id, "history": air_history, "start": "1949-01-01", "freq": "MS"},
+        # Large values: the fallback's floats in exponent notation.
+        {
+            "id": "short",
+            "history": [v * 1e18 for v in air_history[:13]],
+            "start": "1949-01-01",
+            "freq": "MS",
+        },
     ]
     for extra in ({}, {"quantiles": [0.1, 0.9]}):
         response = client.post("/forecast", json={"series": series, "horizon": 6, **extra})
         assert response.status_code == 200, response.text
         served = ForecastResponse.model_validate_json(response.content)
         assert [f.method for f in served.forecasts] == ["model", "seasonal_naive"]
+        assert served.forecasts[0].id == odd_id
+        assert b"1.18e+20" in response.content  # exponent notation, as pydantic writes it
         assert (served.forecasts[0].quantiles is None) == (not extra)
         assert response.content == served.model_dump_json().encode()
 
