@@ -367,14 +367,13 @@ def log_rows(
     """Forecast log rows (ForecastLog's columns, and the series' creation time, which tells
     one series of an id from another) for the stored series among ``plans``; ``issued_at``:
     when the request began, before its windows were read."""
-    now = issued_at
     return [
         {
             "series_id": f["id"],
             "series_created_at": stored[f["id"]].created_at,
             "model_name": model["name"] if (model := f["model"]) else f["method"],
             "model_version": model["version"] if model else "-",
-            "issued_at": now,
+            "issued_at": issued_at,
             "horizon": horizon,
             "target_ts": f["timestamps"],  # the labels' tuple, shared by series that end together
             "values": f["values"],
