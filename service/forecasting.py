@@ -30,7 +30,7 @@ from service.errors import (
     SeriesNotFound,
     UnknownFrequency,
 )
-from service.inference import Forecaster
+from service.inference import Forecaster, ModelRows, model_rows
 from service.model_set import ModelSet
 from service.schemas import (
     ForecastRequest,
@@ -170,12 +170,10 @@ def _fallback(n: int, forecaster: Forecaster, strict: bool, what: str, loc: Loc)
 def check_windows(group: list[Plan], windows: np.ndarray) -> None:
     """The model inputs (B, L) of one model's plans, checked at once: finite in float32, and
     positive for models that take logs. The first bad row is named by its place."""
-    m = group[0].forecaster.manifest
-    if m.input_domain == "positive":  # the usual case in two numpy calls (nan > 0 is False)
-        if windows.min(initial=np.inf) > 0 and windows.max(initial=0) < np.inf:
-            return
-    elif np.isfinite(windows).all():
+    forecaster = group[0].forecaster
+    if forecaster.accepts(windows):
         return
+    m = forecaster.manifest
     finite = np.isfinite(windows).all(axis=1)  # values beyond float32's range became inf
     positive = (windows > 0).all(axis=1) if m.input_domain == "positive" else finite
     bad = np.flatnonzero(~(finite & positive))
@@ -269,7 +267,7 @@ def _position(forecaster: Forecaster, last: datetime, freq: str) -> int:
 def infer(plans: list[Plan], request: ForecastRequest) -> list[SeriesForecast]:
     """Synchronously: one session call per model over its series (batch jobs, tests)."""
     groups = by_model(plans)
-    outputs = [group[0].forecaster.predict(*model_inputs(group)) for group in groups]
+    outputs = [model_rows(group[0].forecaster.predict(*model_inputs(group))) for group in groups]
     return [SeriesForecast.model_validate(f) for f in assemble(plans, groups, outputs, request)]
 
 
@@ -294,10 +292,11 @@ def model_inputs(group: list[Plan]) -> tuple[np.ndarray, np.ndarray]:
 def assemble(
     plans: list[Plan],
     groups: list[list[Plan]],
-    outputs: list[np.ndarray],
+    outputs: list[ModelRows],
     request: ForecastRequest,
 ) -> list[SeriesForecastData]:
-    """Label the model outputs (B, H, Q) and answer the fallbacks with their baseline."""
+    """Label the model outputs (one ModelRows per group) and answer the fallbacks with their
+    baseline."""
     results: list[SeriesForecastData | None] = [None] * len(plans)
     horizon, wanted = request.horizon, request.requested_quantiles()
     for plan in plans:
@@ -314,30 +313,38 @@ def assemble(
                 "values": values.tolist(),
                 "quantiles": None,
             }
-    for group, full in zip(groups, outputs, strict=True):
+    for group, rows in zip(groups, outputs, strict=True):
         m = group[0].forecaster.manifest
-        output = full[:, :horizon]  # (B, horizon, Q)
-        if not np.isfinite(output).all():  # e.g. values near float32's limit overflow
-            bad = np.flatnonzero(~np.isfinite(output).all(axis=(1, 2)))  # the window statistics
-            raise InvalidInput(
-                "the model produced non-finite forecasts; the history's values are out of the "
-                "range it can scale",
-                ("body", "series", group[int(bad[0])].index, "history"),
-            )
+        if not rows.finite:  # e.g. values near float32's limit overflow
+            _check_finite(group, rows, horizon)
         columns = {f"{q:g}": _quantile_index(m.quantiles, q) for q in wanted}
         model: ModelRefData = {"name": m.name, "version": m.version}  # the manifest's own
-        point = output[:, :, m.point_quantile_index].astype(float).tolist()  # (B, horizon)
-        bands = {k: output[:, :, c].astype(float).tolist() for k, c in columns.items()}
+        point = rows.values[m.point_quantile_index]  # B lists of the model's horizon
+        bands = {k: rows.values[c] for k, c in columns.items()}
         for row, plan in enumerate(group):
             results[plan.index] = {
                 "id": plan.series_id,
                 "method": "model",
                 "model": model,
                 "timestamps": plan.labels,
-                "values": point[row],
-                "quantiles": {k: band[row] for k, band in bands.items()} if wanted else None,
+                "values": point[row][:horizon],
+                "quantiles": {k: band[row][:horizon] for k, band in bands.items()}
+                if wanted
+                else None,
             }
     return [r for r in results if r is not None]
+
+
+def _check_finite(group: list[Plan], rows: ModelRows, horizon: int) -> None:
+    """Refuse the first series whose forecast, up to the request's horizon, is not finite: the
+    model could not scale its history."""
+    for row, plan in enumerate(group):
+        if not all(math.isfinite(v) for q in rows.values for v in q[row][:horizon]):
+            raise InvalidInput(
+                "the model produced non-finite forecasts; the history's values are out of the "
+                "range it can scale",
+                ("body", "series", plan.index, "history"),
+            )
 
 
 def _quantile_index(quantiles: list[float], q: float) -> int:

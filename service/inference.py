@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -46,6 +47,37 @@ def choose_providers(requested: Provider) -> list[str]:
 CHUNK_ROWS = 32
 
 
+@dataclass(slots=True)
+class ModelRows:
+    """Model forecasts as Python floats, by quantile: ``values[q][i]`` is series ``i``'s
+    forecast of the model's ``q``-th quantile over the model's horizon.
+
+    The batcher converts a session call's output once for all the requests it served, in the
+    inference thread, and each request takes its rows by list slicing: a single-series request
+    then makes no numpy call of its own for its answer. ``finite`` is False when some value is
+    NaN or infinite (values near float32's limit overflow); the rows say which."""
+
+    values: list[list[list[float]]]
+    finite: bool
+
+    def rows(self, start: int, end: int) -> ModelRows:
+        return ModelRows([q[start:end] for q in self.values], self.finite)
+
+    @classmethod
+    def join(cls, parts: Sequence[ModelRows]) -> ModelRows:
+        """Consecutive rows of one model, in order."""
+        quantiles = range(len(parts[0].values))
+        values = [[row for part in parts for row in part.values[q]] for q in quantiles]
+        return cls(values, all(part.finite for part in parts))
+
+
+def model_rows(output: np.ndarray) -> ModelRows:
+    """A session call's output (B, H, Q) float32 as ModelRows."""
+    return ModelRows(
+        output.transpose(2, 0, 1).astype(np.float64).tolist(), bool(np.isfinite(output).all())
+    )
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: the batcher's key
 class Forecaster:
     """One loaded bundle: its manifest and an onnxruntime session.
@@ -71,6 +103,13 @@ class Forecaster:
     def chunk_rows(self) -> int | None:
         """Rows per session call (CHUNK_ROWS on the CPU; None: any batch runs whole)."""
         return CHUNK_ROWS if self.provider == CPU else None
+
+    def accepts(self, windows: np.ndarray) -> bool:
+        """Whether every input window (B, L) is finite in float32, and positive for a model
+        that takes logs: the usual case, in two numpy calls (nan > 0 is False)."""
+        if self.manifest.input_domain == "positive":
+            return bool(windows.min(initial=np.inf) > 0 and windows.max(initial=0) < np.inf)
+        return bool(np.isfinite(windows).all())
 
     def predict(self, windows: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         """Raw input windows (B, L) float32 -> quantile forecasts (B, H, Q) float32.

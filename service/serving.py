@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
-import numpy as np
 import orjson
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -28,8 +28,8 @@ from service.forecasting import (
     assemble,
     by_model,
     check_series_count,
+    check_windows,
     log_rows,
-    model_inputs,
     plan_request,
     read_windows,
 )
@@ -63,15 +63,21 @@ async def answer(request: ForecastRequest, models: ModelSet, serving: Serving) -
     if any(s.is_stored for s in request.series):
         stored = await stored_windows(request, models, serving)
 
-    def prepare() -> tuple[list[Plan], list[list[Plan]], list[tuple[np.ndarray, np.ndarray]]]:
+    def prepare() -> tuple[list[Plan], list[list[Plan]]]:
         plans = plan_request(request, models, serving.settings, stored)
-        groups = by_model(plans)
-        return plans, groups, [model_inputs(group) for group in groups]
+        return plans, by_model(plans)
 
-    plans, groups, inputs = prepare() if small else await run_in_threadpool(prepare)
+    plans, groups = prepare() if small else await run_in_threadpool(prepare)
+    # Each model's windows go to the batcher as they are (lists, or arrays of stored series):
+    # it builds and checks the batch's input array in the inference thread.
     predictions = [
-        serving.batcher.predict(group[0].forecaster, windows, positions)
-        for group, (windows, positions) in zip(groups, inputs, strict=True)
+        serving.batcher.predict(
+            group[0].forecaster,
+            [p.values for p in group],
+            [p.position for p in group],
+            partial(check_windows, group),
+        )
+        for group in groups
     ]
     # One model is the usual case: awaited directly (gather would wrap it in a task).
     if len(predictions) == 1:

@@ -12,7 +12,7 @@ from service import batching
 from service.batching import Batcher
 from service.config import Settings
 from service.forecasting import infer, plan_request
-from service.inference import CHUNK_ROWS, load_forecaster
+from service.inference import CHUNK_ROWS, ModelRows, load_forecaster
 from service.model_set import load_model_set
 from service.schemas import ForecastRequest
 from tests.conftest import AIR_BUNDLE, MODELS
@@ -30,6 +30,11 @@ def variants(air_history: list[float], n: int) -> list[dict[str, object]]:
         }
         for i in range(n)
     ]
+
+
+def as_array(rows: ModelRows) -> np.ndarray:
+    """The batcher's answer as the session's output layout (B, H, Q)."""
+    return np.asarray(rows.values, dtype=np.float32).transpose(1, 2, 0)
 
 
 def batches_over_one(client) -> float:
@@ -96,8 +101,8 @@ def test_a_failed_session_call_fails_its_requests_and_the_queue_goes_on():
                 *(batcher.predict(forecaster, good * k, np.zeros(1, np.float32)) for k in (1, 2, 3))
             )
             direct = forecaster.predict(good, np.zeros(1, np.float32))
-            np.testing.assert_allclose(outputs[0], direct, rtol=1e-6)
-            assert all(o.shape == direct.shape for o in outputs)
+            np.testing.assert_allclose(as_array(outputs[0]), direct, rtol=1e-6)
+            assert all(as_array(o).shape == direct.shape for o in outputs)
             # Large requests bypass the queue, cut into the model's chunks, in order.
             rows = 2 * CHUNK_ROWS + 7
             many = np.concatenate([good * (1 + i / 100) for i in range(rows)])
@@ -105,7 +110,7 @@ def test_a_failed_session_call_fails_its_requests_and_the_queue_goes_on():
             before = len(run_sizes)
             split = await batcher.predict(forecaster, many, months)
             assert sorted(run_sizes[before:]) == [7, CHUNK_ROWS, CHUNK_ROWS]
-            np.testing.assert_allclose(split, forecaster.predict(many, months), rtol=1e-5)
+            np.testing.assert_allclose(as_array(split), forecaster.predict(many, months), rtol=1e-5)
         finally:
             batcher.close()
 
@@ -132,7 +137,7 @@ def test_every_queued_request_is_answered_with_its_own_rows_under_churn(slice_s,
                 ]
                 months = [np.arange(len(r), dtype=np.float32) % 12 for r in requests]
 
-                async def one(windows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+                async def one(windows: np.ndarray, positions: np.ndarray) -> ModelRows:
                     await asyncio.sleep(float(rng.uniform(0, 0.002)))  # staggered arrivals
                     return await batcher.predict(forecaster, windows, positions)
 
@@ -140,9 +145,52 @@ def test_every_queued_request_is_answered_with_its_own_rows_under_churn(slice_s,
                 outputs = await asyncio.wait_for(asyncio.gather(*map(one, requests, months)), 30)
                 for windows, positions, output in zip(requests, months, outputs, strict=True):
                     np.testing.assert_allclose(
-                        output, forecaster.predict(windows, positions), rtol=1e-5
+                        as_array(output), forecaster.predict(windows, positions), rtol=1e-5
                     )
             assert all(not q.busy and not q.pending for q in batcher.queues.values())
+        finally:
+            batcher.close()
+
+    asyncio.run(run())
+
+
+def test_a_bad_window_fails_only_its_own_request():
+    """The batch's input array is checked once; when it holds a window the model can't read,
+    each request's own check names it, and the other requests of the batch are answered."""
+    forecaster = load_forecaster(str(AIR_BUNDLE), "cpu", 1)
+    size = forecaster.manifest.input_size
+    good = [float(v) for v in np.linspace(100, 200, size)]
+    bad = [*good[:-1], 0.0]  # the model works on logs: 0 is refused
+
+    def refuse(windows: np.ndarray) -> None:
+        if not forecaster.accepts(windows):
+            raise ValueError(f"refused: minimum {windows.min():g}")
+
+    windows, positions, errors = batching._inputs(
+        forecaster, [[good], [bad], [good, good]], [[0.0], [1.0], [2.0, 3.0]], [refuse] * 3
+    )
+    assert windows.shape == (4, size) and positions.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], ValueError) and "minimum 0" in str(errors[1])
+
+    async def run() -> None:
+        batcher = Batcher(threads=2, max_rows=8)
+        try:
+            results = await asyncio.gather(
+                *(
+                    batcher.predict(forecaster, [w], [0.0], refuse)
+                    for w in (good, bad, good, [*good[:-1], 1e39], good)  # 1e39: inf in float32
+                ),
+                return_exceptions=True,
+            )
+            direct = forecaster.predict(np.asarray([good], dtype=np.float32), np.zeros(1))
+            for i in (0, 2, 4):
+                np.testing.assert_allclose(as_array(results[i]), direct, rtol=1e-6)
+            assert isinstance(results[1], ValueError) and "minimum 0" in str(results[1])
+            assert isinstance(results[3], ValueError)
+            # A large request (not queued) is checked the same way.
+            with pytest.raises(ValueError, match="minimum 0"):
+                await batcher.predict(forecaster, [good] * 9 + [bad], [0.0] * 10, refuse)
         finally:
             batcher.close()
 

@@ -149,6 +149,19 @@ def test_values_beyond_float32_are_422(client, air_history):
     assert "float32" in detail["msg"]
 
 
+def test_forecasts_the_model_cant_scale_are_422_naming_the_series(client, air_history):
+    """Values within float32 but near its limit: the model's forecast overflows. The series
+    is named by its place, whichever batch it ran in."""
+    huge = [float(v) for v in np.linspace(1.5e38, 3e38, L)]  # a steep climb
+    fine = body(air_history)["series"]
+    request = {"series": [*fine, *body(huge)["series"]], "horizon": 12}
+    detail = _error(client.post("/forecast", json=request))
+    assert detail["loc"] == ["body", "series", 1, "history"]
+    assert "non-finite forecasts" in detail["msg"]
+    alone = client.post("/forecast", json=body(air_history))
+    assert alone.status_code == 200 and alone.json()["forecasts"][0]["values"][0] > 0
+
+
 def test_unknown_frequency_is_422(client, air_history):
     detail = _error(client.post("/forecast", json=body(air_history, freq="fortnightly")))
     assert detail["loc"] == ["body", "series", 0, "freq"]
