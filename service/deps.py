@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import State
 
 from service.config import Settings
 from service.errors import ModelNotReady
@@ -23,11 +24,15 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_models(request: Request) -> ModelSet:
-    models: ModelSet = request.app.state.models
+def loaded_models(state: State) -> ModelSet:
+    models: ModelSet = state.models
     if not models.models:
         raise ModelNotReady(f"no model is loaded: {models.refused}")
     return models
+
+
+async def get_models(request: Request) -> ModelSet:
+    return loaded_models(request.app.state)
 
 
 async def get_sessions(request: Request) -> sessionmaker[Session]:

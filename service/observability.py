@@ -23,8 +23,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from pythonjsonlogger.json import JsonFormatter
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.plain_routes import PlainRoute
 
 access_logger = logging.getLogger("service.access")
 errors_logger = logging.getLogger("service.errors")
@@ -117,13 +118,13 @@ class RequestContext:
     writes one access log record."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, access_log: str, plain_routes: list[Route]
+        self, app: ASGIApp, metrics: Metrics, access_log: str, plain_routes: list[PlainRoute]
     ) -> None:
         self.app = app
         self.metrics = metrics
-        # FastAPI's router (which replaces Starlette's Router.app) puts its own routes in
-        # scope["route"], but for a plain Starlette route only the endpoint: those are
-        # labelled through this map.
+        # FastAPI's router (which replaces Starlette's Router.app) puts its routes in
+        # scope["route"]; service.plain_routes puts only the endpoint in scope["endpoint"]:
+        # those are labelled through this map.
         self.plain_paths: dict[Any, str] = {route.endpoint: route.path for route in plain_routes}
         # Which answers get an access log record: all, 4xx and 5xx, or 5xx only.
         self.log_from_status = {"all": 0, "errors": 400, "off": 500}[access_log]

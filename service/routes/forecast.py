@@ -8,12 +8,13 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Route
+from starlette.types import Receive, Scope
 
-from service.auth import READ, check_scope
-from service.deps import ModelsDep, ServingDep, get_models, get_serving
+from service.auth import READ
+from service.deps import ModelsDep, ServingDep, loaded_models
 from service.errors import ServiceError, UnsupportedMediaType
 from service.limits import media_type
+from service.plain_routes import PlainRoute, header_values, read_body
 from service.schemas import (
     FORECAST_EXAMPLE,
     SERIES_ID_PATTERN,
@@ -52,17 +53,17 @@ FORECAST_BODY: dict[str, Any] = {
 LARGE_BODY_BYTES = 256 * 1024
 
 
-async def read_forecast_request(request: Request) -> ForecastRequest:
+async def read_forecast_request(content_type: str | None, receive: Receive) -> ForecastRequest:
     """The body, parsed and validated in one pass by pydantic's JSON parser: about a quarter of
     the time of FastAPI's json.loads followed by validation. Errors keep FastAPI's shape (422,
     loc starting with "body")."""
-    media = media_type(request.headers.get("content-type", "application/json"))
+    media = media_type(content_type or "application/json")
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(
             f"content type {media!r} is not accepted; send application/json",
             ("header", "content-type"),
         )
-    raw = await request.body()
+    raw = await read_body(receive)
     try:
         if len(raw) > LARGE_BODY_BYTES:  # milliseconds of parsing: not on the event loop
             return await run_in_threadpool(ForecastRequest.model_validate_json, raw)
@@ -72,25 +73,31 @@ async def read_forecast_request(request: Request) -> ForecastRequest:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
-async def forecast(request: Request) -> Response:
+async def forecast_json(scope: Scope, receive: Receive) -> bytes:
     """Series are either stored (``{"id": "air"}``) or inline (``id``, ``history``, ``start``,
     ``freq``); both may be mixed. All of them run as one batched inference, shared with
-    concurrent requests for the same model."""
-    check_scope(request, "read")
-    body = await read_forecast_request(request)
-    models = await get_models(request)
-    serving = await get_serving(request)
-    # Serialised once, by pydantic, from the ForecastResponse documented below.
-    return Response(await answer(body, models, serving), media_type="application/json")
+    concurrent requests for the same model. Returns the JSON of the ForecastResponse."""
+    state = scope["app"].state
+    authorization, content_type = header_values(scope, b"authorization", b"content-type")
+    state.tokens.check(authorization, "read")
+    body = await read_forecast_request(content_type, receive)
+    return await answer(body, loaded_models(state), state.serving)
+
+
+async def forecast(request: Request) -> Response:
+    """The documented route: the same answer as the plain route below."""
+    return Response(
+        await forecast_json(request.scope, request.receive), media_type="application/json"
+    )
 
 
 # The api's busiest route is answered by service.plain_routes, before FastAPI's inner layers
 # and the router: FastAPI's per-request handling (dependency solving, the included-router
 # layers) cost a quarter of its throughput, the layers around the router another 12%
-# (bench/serving.py). The same function is also registered as a FastAPI route so the OpenAPI
+# (bench/serving.py). The same answer is also registered as a FastAPI route so the OpenAPI
 # document describes it; that one is never reached, and would answer the same if the plain
 # route were taken out.
-FAST_ROUTES = [Route("/forecast", forecast, methods=["POST"])]
+FAST_ROUTES = [PlainRoute("/forecast", "POST", forecast_json)]
 router.add_api_route(
     "/forecast",
     forecast,

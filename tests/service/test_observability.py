@@ -12,11 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from service.errors import SeriesNotFound, ServiceError
 from service.observability import Metrics, RequestContext
-from service.plain_routes import PlainRoutes
+from service.plain_routes import PlainRoute, PlainRoutes
 from tests.conftest import ADMIN
 
 
@@ -134,13 +133,13 @@ def test_a_plain_route_is_answered_before_the_router_with_the_apps_error_handler
     are answered by the app's registered handlers, and unhandled ones reach RequestContext."""
     reached_router: list[str] = []
 
-    async def forecast(request: Request) -> Response:
-        kind = request.query_params.get("fail")
-        if kind == "service":
+    async def forecast(scope, receive) -> bytes:
+        kind = scope["query_string"]
+        if kind == b"fail=service":
             raise SeriesNotFound("gone", ("body", "series", 0, "id"))
-        if kind == "bug":
+        if kind == b"fail=bug":
             raise RuntimeError("a bug")
-        return Response(b"{}", media_type="application/json")
+        return b'{"answered": true}'
 
     async def router(scope, receive, send):
         reached_router.append(scope["path"])
@@ -157,7 +156,7 @@ def test_a_plain_route_is_answered_before_the_router_with_the_apps_error_handler
         scope["app"] = registered
         await plain(scope, receive, send)
 
-    plain = PlainRoutes(router, [Route("/forecast", forecast, methods=["POST"])])
+    plain = PlainRoutes(router, [PlainRoute("/forecast", "POST", forecast)])
     app = RequestContext(with_app, Metrics(), access_log="off", plain_routes=[])
 
     async def call() -> list[httpx.Response]:
@@ -171,7 +170,9 @@ def test_a_plain_route_is_answered_before_the_router_with_the_apps_error_handler
             ]
 
     ok, handled, bug, routed = asyncio.run(call())
-    assert ok.status_code == 200 and ok.content == b"{}"
+    assert ok.status_code == 200 and ok.json() == {"answered": True}
+    assert ok.headers["content-type"] == "application/json"
+    assert ok.headers["content-length"] == str(len(ok.content))
     assert handled.status_code == 404
     assert handled.json()["detail"][0]["loc"] == ["body", "series", 0, "id"]
     assert bug.status_code == 500 and bug.json()["detail"][0]["type"] == "internal_error"
