@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.inference import Forecaster, ModelRows, model_rows
+from service.inference import Forecaster, ModelRows, input_arrays, model_rows
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +181,8 @@ class Batcher:
                 queue.pending.clear()
                 queue.busy = False
             if not loop.is_closed():
-                none: list[BaseException | None] = [None] * len(batch)
-                loop.call_soon_threadsafe(_deliver, batch, exc, none)
+                no_errors: list[BaseException | None] = [None] * len(batch)
+                loop.call_soon_threadsafe(_deliver, batch, exc, no_errors)
 
     def _run(self, forecaster: Forecaster, windows: np.ndarray, positions: np.ndarray) -> ModelRows:
         started = time.perf_counter()
@@ -204,9 +204,9 @@ def _inputs(
     """Some requests' windows (B, L) and positions (B,) as one float32 array each, and each
     request's error (None for most): the batch is checked at once, and each request's own
     check runs only when the batch holds a window the model can't read."""
-    with np.errstate(over="ignore"):  # too large for float32: inf, which the checks refuse
-        stacked = np.array([row for rows in windows for row in rows], dtype=np.float32)
-    places = np.array([p for request in positions for p in request], dtype=np.float32)
+    stacked, places = input_arrays(
+        [row for rows in windows for row in rows], [p for request in positions for p in request]
+    )
     errors: list[BaseException | None] = [None] * len(windows)
     if not forecaster.accepts(stacked):
         start = 0

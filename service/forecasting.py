@@ -30,7 +30,7 @@ from service.errors import (
     SeriesNotFound,
     UnknownFrequency,
 )
-from service.inference import Forecaster, ModelRows, model_rows
+from service.inference import Forecaster, ModelRows, input_arrays, model_rows
 from service.model_set import ModelSet
 from service.schemas import (
     ForecastRequest,
@@ -282,10 +282,8 @@ def by_model(plans: list[Plan]) -> list[list[Plan]]:
 
 def model_inputs(group: list[Plan]) -> tuple[np.ndarray, np.ndarray]:
     """Windows (B, L) and calendar positions (B,) of one model's plans, checked."""
-    with np.errstate(over="ignore"):  # too large for float32: inf, refused just below
-        windows = np.asarray([p.values for p in group], dtype=np.float32)
+    windows, positions = input_arrays([p.values for p in group], [p.position for p in group])
     check_windows(group, windows)
-    positions = np.asarray([p.position for p in group], dtype=np.float32)
     return windows, positions
 
 

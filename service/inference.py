@@ -71,6 +71,17 @@ class ModelRows:
         return cls(values, all(part.finite for part in parts))
 
 
+def input_arrays(
+    windows: Sequence[Sequence[float] | np.ndarray], positions: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows (rows of input_size values) and their calendar positions as the float32 arrays
+    (B, L) and (B,) a session reads. A value beyond float32's range becomes inf, which
+    ``Forecaster.accepts`` refuses."""
+    with np.errstate(over="ignore"):
+        stacked = np.asarray(windows, dtype=np.float32)
+    return stacked, np.asarray(positions, dtype=np.float32)
+
+
 def model_rows(output: np.ndarray) -> ModelRows:
     """A session call's output (B, H, Q) float32 as ModelRows."""
     return ModelRows(
