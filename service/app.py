@@ -131,17 +131,22 @@ def add_error_answers(operation: dict[str, Any]) -> None:
         )
 
 
-GIL_SWITCH_INTERVAL_S = 0.0005
+GIL_SWITCH_INTERVAL_S = 0.0001
 GC_THRESHOLDS = (50_000, 10, 10)
 
 
 def tune_process() -> None:
     """Two process-wide settings the serving benchmark called for.
 
-    - The GIL switch interval, 5 ms by default, is how long a thread doing Python work (the
-      forecast log's writer, planning a large request) may keep the event loop waiting. At
-      0.5 ms, a 1,000-series request's p99 went from about 115 to 80 ms, with no loss of
-      single-series throughput.
+    - The GIL switch interval, 5 ms by default, is how long a thread doing Python work may
+      keep another thread waiting for the GIL. A thread (the forecast log's writer, planning
+      a large request) kept the event loop waiting: at 0.5 ms, a 1,000-series request's p99
+      went from about 115 to 80 ms. And the event loop, busy under load, keeps the inference
+      thread waiting each time a session call returns: at 0.5 ms a batch of one took 1.0 ms
+      in the api (0.2 ms alone), at 0.1 ms 0.58 ms, and one inline series at 16 connections
+      made 20-29% more requests/s (medians of two sets of interleaved 5 s wrk runs: 5,027
+      against 4,198 and 5,911 against 4,565 req/s, 16 of 18 runs faster). 0.03 and 0.2 ms did
+      as well as 0.1; the 1,000-series request was no slower (p50 62.6 against 66.0 ms).
     - glibc raises its mmap threshold after a large block is freed, so later large blocks
       (a 1,000-series answer's buffers) come from the heap and stay in the process once
       freed: +110 MB of resident memory after one such request, for good. Setting the trim
