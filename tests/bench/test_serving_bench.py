@@ -34,6 +34,9 @@ def test_serving_bench_prints_its_table_targets_and_key_ratios(tmp_path):
         "mlflow models serve: the same window",
     ):
         assert {(case, "1"), (case, "4")} <= cases, case
+    # The model alone, the large batch's baseline, is one caller: measured at 1 connection.
+    assert {c for name, c in cases if name.startswith("onnxruntime alone")} == {"1"}
+    assert re.search(r"p50 [\d.]+; the model alone: p99 [\d.]+, p50 [\d.]+\)", run.stdout)
     for cells in rows:
         if len(cells) == 9 and cells[1].strip() in ("1", "4"):
             assert float(cells[2].replace(",", "")) > 0  # requests/s measured
