@@ -376,6 +376,33 @@ def test_a_stored_series_served_again_unchanged_is_logged_once(client, air_csv, 
     assert count_rows(database_url, "forecasts") == 3
 
 
+def test_stored_series_ending_on_other_dates_in_one_request_each_get_their_own_labels(
+    client, air_csv
+):
+    """Planning works out a forecast's labels once per end date: series of one request that
+    end on another date, or are too short for the model, still get their own."""
+    put(client)
+    upload_csv(client, air_csv)  # ends 1960-12
+    put(client, "early")
+    upload_csv(client, "\n".join(air_csv.splitlines()[:-12]), "early")  # ends 1959-12
+    put(client, "short")
+    client.post(
+        "/series/short/observations",
+        json=[{"ts": f"1960-{m:02d}-01", "value": float(m)} for m in range(1, 13)],
+    ).raise_for_status()
+    ids = ["air", "early", "short", "air"]
+    response = client.post("/forecast", json={"series": [{"id": i} for i in ids], "horizon": 2})
+    forecasts = response.json()["forecasts"]
+    assert [f["timestamps"] for f in forecasts] == [
+        ["1961-01-01", "1961-02-01"],
+        ["1960-01-01", "1960-02-01"],
+        ["1961-01-01", "1961-02-01"],
+        ["1961-01-01", "1961-02-01"],
+    ]
+    assert [f["method"] for f in forecasts] == ["model", "model", "seasonal_naive", "model"]
+    assert forecasts[0] == forecasts[3] and forecasts[0]["values"] != forecasts[1]["values"]
+
+
 def test_stored_series_shorter_than_the_window_gets_seasonal_naive_or_422_when_strict(client):
     put(client)
     client.post(
