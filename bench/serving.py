@@ -26,18 +26,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import emit, run_facts  # noqa: E402
+from service.config import Settings  # noqa: E402
+from service.inference import Forecaster, load_forecaster  # noqa: E402
 from service.schemas import AIR_PASSENGERS_1949_1960  # noqa: E402
 from tests.conftest import (  # noqa: E402  (the tests' helpers)
     ADMIN,
@@ -156,42 +160,31 @@ MLFLOW = "mlflow models serve: the same window"
 MODEL_ALONE = "onnxruntime alone: the stored series' windows, no HTTP"
 
 
-def model_alone(bundle: Path, windows: list[list[float]], duration_s: float) -> Result:
-    """The model's own share of a large request: ``windows`` through the bundle's session the
-    way the api runs them (its chunks, on as many threads as its inference threads, one
-    onnxruntime thread each), back to back for ``duration_s``, in this process: no HTTP,
-    JSON, planning or database. The api's latency for the same series can't go below this,
-    and on a VM the figure moves with the host from hour to hour, so it is measured in the
-    same round as the api."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-
-    from service.config import Settings
-    from service.inference import load_forecaster
-
-    forecaster = load_forecaster(
-        str(bundle), "cpu", Settings.model_fields["intra_op_threads"].default
-    )
-    threads = Settings.model_fields["inference_threads"].default
+def model_alone(
+    forecaster: Forecaster, threads: int, windows: np.ndarray, duration_s: float
+) -> Result:
+    """The model's own share of a large request: ``windows`` (B, L) through the bundle's
+    session the way the api runs them (its chunks, on ``threads`` threads like its inference
+    threads, one onnxruntime thread each), back to back for ``duration_s``, in this process:
+    no HTTP, JSON, planning or database. The api's latency for the same series can't go below
+    this, and on a VM the figure moves with the host from hour to hour, so it is measured in
+    the same round as the api."""
     chunk = forecaster.chunk_rows or len(windows)
-    inputs = np.asarray(windows, dtype=np.float32)
     positions = np.zeros(len(windows), dtype=np.float32)
     latencies = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
 
         def once() -> None:
             parts = [
-                pool.submit(forecaster.predict, inputs[i : i + chunk], positions[i : i + chunk])
-                for i in range(0, len(inputs), chunk)
+                pool.submit(forecaster.predict, windows[i : i + chunk], positions[i : i + chunk])
+                for i in range(0, len(windows), chunk)
             ]
             for part in parts:
                 part.result()
 
         once()  # warm-up
         began = time.perf_counter()
-        while time.perf_counter() - began < duration_s:
-            start = time.perf_counter()
+        while (start := time.perf_counter()) - began < duration_s:
             once()
             latencies.append(time.perf_counter() - start)
         elapsed = time.perf_counter() - began
@@ -276,7 +269,6 @@ def member_bundle(ensemble: Path, input_size: int, out: Path) -> Path:
     torch, and given the ensemble's manifest with this member's graph, shapes and sums."""
     import hashlib
 
-    import numpy as np
     import onnxruntime as ort
     import torch
 
@@ -447,26 +439,39 @@ def measure(
             mlflow_url, content=mlflow_body.encode(), headers={"content-type": "application/json"}
         ).raise_for_status()
 
-        plan = [(f"api: {name}", f"{base}/forecast", bodies) for name, bodies in cases.items()]
-        plan.append((MODEL_ALONE, "", []))
-        plan.append((FLOOR, floor_url, cases["one inline series"]))
-        plan.append((MLFLOW, mlflow_url, [mlflow_body]))
-        windows = [stored_history(i)[-size:] for i in range(args.series)]
+        def over_http(url: str, bodies: list[str]) -> Callable[[int], Result]:
+            return lambda c: wrk(url, bodies, c, args.duration, work)
+
+        # The model alone, with the api's settings, on the stored series' windows: one caller,
+        # back to back, so at the large batch's 1 connection.
+        settings = Settings()
+        forecaster = load_forecaster(str(bundle), "cpu", settings.intra_op_threads)
+        windows = np.array([stored_history(i)[-size:] for i in range(args.series)], np.float32)
+        plan = [
+            (f"api: {name}", args.connections, over_http(f"{base}/forecast", bodies))
+            for name, bodies in cases.items()
+        ]
+        plan.append(
+            (
+                MODEL_ALONE,
+                [min(args.connections)],
+                lambda _: model_alone(
+                    forecaster, settings.inference_threads, windows, args.duration
+                ),
+            )
+        )
+        plan.append((FLOOR, args.connections, over_http(floor_url, cases["one inline series"])))
+        plan.append((MLFLOW, args.connections, over_http(mlflow_url, [mlflow_body])))
         for round_ in range(1, args.repeat + 1):
-            for name, target, bodies in plan:
-                # The model alone is one caller, back to back: the large batch's 1 connection.
-                for c in [min(args.connections)] if name == MODEL_ALONE else args.connections:
+            for name, connections, run in plan:
+                for c in connections:
                     waited = wait_until_quiet(max(QUIET_MIN_CAP_S, 2 * args.duration))
                     print(
                         f"round {round_}: {name}, {c} connections ... "
                         f"(after {waited:.1f} s for the machine to quiet down)",
                         file=sys.stderr,
                     )
-                    if name == MODEL_ALONE:
-                        result = model_alone(bundle, windows, args.duration)
-                    else:
-                        result = wrk(target, bodies, c, args.duration, work)
-                    runs.setdefault((name, c), []).append(result)
+                    runs.setdefault((name, c), []).append(run(c))
         memory["after the run"] = rss_mb(api.pid)
 
     rows = [(name, c, median_run(results)) for (name, c), results in runs.items()]
