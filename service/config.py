@@ -64,7 +64,8 @@ class Settings(BaseSettings):
         default=256,
         ge=1,
         description="Concurrent requests are batched into one session call up to this many "
-        "series; a request of more is split over the inference threads instead.",
+        "series; a request of more (on the CPU, of more than one 32-row chunk) is split over "
+        "the inference threads instead.",
     )
     series_cache_size: int = Field(
         default=10_000,

@@ -117,6 +117,36 @@ def test_a_failed_session_call_fails_its_requests_and_the_queue_goes_on():
     asyncio.run(run())
 
 
+def test_a_request_of_more_than_one_chunk_is_split_over_the_threads_even_under_max_rows():
+    """On the CPU a request of more rows than one chunk is not queued, where its chunks would
+    run one after another in the draining thread: each chunk is its own session call, taken
+    by whichever inference thread is free, and the answer is the rows in order."""
+    forecaster = load_forecaster(str(AIR_BUNDLE), "cpu", 1)
+    size = forecaster.manifest.input_size
+    rows = 3 * CHUNK_ROWS + 5
+    windows = np.random.default_rng(5).uniform(100, 600, (rows, size)).astype(np.float32)
+    months = np.arange(rows, dtype=np.float32) % 12
+
+    async def run() -> None:
+        run_sizes: list[int] = []
+        batcher = Batcher(threads=2, max_rows=256, observe=lambda _, n, __: run_sizes.append(n))
+        try:
+            assert batcher.split_above(forecaster) == CHUNK_ROWS
+            split = await batcher.predict(forecaster, windows, months)
+            assert sorted(run_sizes) == [5, CHUNK_ROWS, CHUNK_ROWS, CHUNK_ROWS]  # queued: [101]
+            assert not batcher.queues  # it never went through a queue
+            np.testing.assert_allclose(
+                as_array(split), forecaster.predict(windows, months), rtol=1e-5
+            )
+            run_sizes.clear()
+            await batcher.predict(forecaster, windows[:CHUNK_ROWS], months[:CHUNK_ROWS])
+            assert run_sizes == [CHUNK_ROWS]  # one chunk's worth is queued, one session call
+        finally:
+            batcher.close()
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("slice_s", [batching.DRAIN_SLICE_S, 0.0])
 def test_every_queued_request_is_answered_with_its_own_rows_under_churn(slice_s, monkeypatch):
     """Waves of concurrent requests of 1 to 5 rows, some arriving while the inference thread
