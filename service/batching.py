@@ -181,7 +181,10 @@ class Batcher:
                     output = exc
                 loop.call_soon_threadsafe(_deliver, batch, output, errors)
                 if time.perf_counter() - began > DRAIN_SLICE_S:
-                    self.executor.submit(self._drain, forecaster, queue, loop)  # still busy
+                    with queue.lock:  # an empty queue is let go here, not by a new drain
+                        queue.busy = bool(queue.pending)
+                    if queue.busy:
+                        self.executor.submit(self._drain, forecaster, queue, loop)
                     return
         except BaseException as exc:  # a bug here (or the loop closed): fail what waits
             logger.exception("inference queue of %s stopped", forecaster.manifest.name)
