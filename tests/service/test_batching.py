@@ -111,6 +111,13 @@ def test_a_failed_session_call_fails_its_requests_and_the_queue_goes_on():
             split = await batcher.predict(forecaster, many, months)
             assert sorted(run_sizes[before:]) == [7, CHUNK_ROWS, CHUNK_ROWS]
             np.testing.assert_allclose(as_array(split), forecaster.predict(many, months), rtol=1e-5)
+            # A large request whose session calls fail fails whole, and the next one is served.
+            with pytest.raises(Exception, match=r"(?i)invalid|dimension|shape"):
+                await batcher.predict(
+                    forecaster, np.ones((rows, size - 1), np.float32), np.zeros(rows, np.float32)
+                )
+            again = await batcher.predict(forecaster, many, months)
+            np.testing.assert_allclose(as_array(again), as_array(split), rtol=1e-6)
         finally:
             batcher.close()
 
@@ -145,6 +152,33 @@ def test_a_request_of_more_than_one_chunk_is_split_over_the_threads_even_under_m
             batcher.close()
 
     asyncio.run(run())
+
+
+def test_a_cancelled_large_request_stops_taking_chunks():
+    """A client gone away cancels its request: the inference threads finish the chunks they
+    are on and take no more of its chunks."""
+    forecaster = load_forecaster(str(AIR_BUNDLE), "cpu", 1)
+    chunks = 200
+    windows = (
+        np.random.default_rng(9)
+        .uniform(100, 600, (chunks * CHUNK_ROWS, forecaster.manifest.input_size))
+        .astype(np.float32)
+    )
+    months = np.zeros(len(windows), np.float32)
+    run_sizes: list[int] = []
+
+    async def run() -> None:
+        batcher = Batcher(threads=2, max_rows=256, observe=lambda _, n, __: run_sizes.append(n))
+        request = asyncio.ensure_future(batcher.predict(forecaster, windows, months))
+        while not run_sizes:
+            await asyncio.sleep(0.001)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        batcher.close()  # waits for the threads' tasks to end
+
+    asyncio.run(run())
+    assert 1 <= len(run_sizes) < chunks // 2, f"{len(run_sizes)} of {chunks} chunks ran"
 
 
 @pytest.mark.parametrize("slice_s", [batching.DRAIN_SLICE_S, 0.0])
