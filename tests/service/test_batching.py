@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import pytest
@@ -152,6 +153,36 @@ def test_a_request_of_more_than_one_chunk_is_split_over_the_threads_even_under_m
             batcher.close()
 
     asyncio.run(run())
+
+
+def test_a_queued_batch_of_more_than_one_chunk_runs_in_chunks_and_each_request_gets_its_rows():
+    """Concurrent requests of 20 rows are batched up to max_rows; a batch of more than one
+    chunk is run chunk by chunk (the draining thread and a helper take them in turn), and each
+    request is answered with its own rows."""
+    forecaster = load_forecaster(str(AIR_BUNDLE), "cpu", 1)
+    size = forecaster.manifest.input_size
+    rng = np.random.default_rng(11)
+    requests = [rng.uniform(100, 600, (20, size)).astype(np.float32) for _ in range(12)]
+    months = [np.arange(20, dtype=np.float32) % 12 for _ in requests]
+    run_sizes: list[int] = []
+
+    async def run() -> list[ModelRows]:
+        batcher = Batcher(threads=2, max_rows=256, observe=lambda _, n, __: run_sizes.append(n))
+        try:
+            return await asyncio.gather(
+                *map(partial(batcher.predict, forecaster), requests, months)
+            )
+        finally:
+            batcher.close()
+
+    outputs = asyncio.run(run())
+    for windows, positions, output in zip(requests, months, outputs, strict=True):
+        np.testing.assert_allclose(
+            as_array(output), forecaster.predict(windows, positions), rtol=1e-5
+        )
+    assert sum(run_sizes) == 12 * 20
+    assert CHUNK_ROWS in run_sizes, f"no batch of more than one chunk: {run_sizes}"
+    assert max(run_sizes) == CHUNK_ROWS, f"a session call of more than one chunk: {run_sizes}"
 
 
 def test_a_cancelled_large_request_stops_taking_chunks():
