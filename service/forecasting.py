@@ -124,7 +124,6 @@ class _Router:
             found = self.endings[(freq, last)] = _Ending(
                 forecaster,
                 served,
-                forecaster.manifest.input_size,
                 future_labels(last, self.request.horizon, served),
                 _position(forecaster, last, served),
             )
@@ -134,7 +133,6 @@ class _Router:
 class _Ending(NamedTuple):
     forecaster: Forecaster
     freq: str
-    input_size: int
     labels: tuple[str, ...]
     position: int
 
@@ -260,9 +258,8 @@ def _plan_stored(
             f"stored series {window.series_id!r} has no observations", (*loc, "id")
         )
     last = window.ts[-1]
-    forecaster, freq, input_size, labels, position = route.ending(
-        window.frequency, last, (*loc, "id")
-    )
+    forecaster, freq, labels, position = route.ending(window.frequency, last, (*loc, "id"))
+    input_size = forecaster.manifest.input_size
     fallback = None  # the model reads the series (most do: nothing to work out)
     if n < input_size:
         what = f"stored series {window.series_id!r}"
